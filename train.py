@@ -1,0 +1,23 @@
+"""Run one weak-to-strong experiment (or, with -m, a sweep of them).
+
+    python train.py                                   # the embedded default, offline
+    python train.py weak_model=gpt2 strong_model=gpt2_large dataset=sciq loss=logconf
+    python train.py -m weak_model=tiny_bert strong_model=tiny_gpt2 seed=0,1
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from w2s_lightning import config
+from w2s_lightning.pipeline import run
+
+config.setup()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

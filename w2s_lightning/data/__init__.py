@@ -1,0 +1,1 @@
+"""Datasets as text + binary label, their disjoint splits, and tokenised batches."""

@@ -1,0 +1,130 @@
+"""Tokenised examples in dynamically padded batches. Training batches group examples of
+similar length so little compute goes to padding; inference runs in length order."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+log = logging.getLogger(__name__)
+
+
+class EncodedExamples(Dataset):
+    """Token ids with a soft target (probability of label 1) per example."""
+
+    def __init__(self, input_ids: list[list[int]], targets: np.ndarray):
+        self.input_ids = input_ids
+        self.targets = np.asarray(targets, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> tuple[list[int], float, int]:
+        return self.input_ids[i], float(self.targets[i]), i
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self))
+
+
+def encode(texts, tokenizer, max_length: int, targets, keep_end: bool, split: str = "") -> EncodedExamples:
+    """Truncate rather than drop long examples, and say how many were cut. Models pooled at
+    the last token (`keep_end`) keep the end of a long text, where a prompt's question is."""
+    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    truncated = sum(len(x) > max_length for x in ids)
+    if truncated:
+        log.info("%s: truncated %d/%d examples (%.1f%%) to %d tokens", split, truncated, len(ids),
+                 100 * truncated / len(ids), max_length)
+    ids = [x[-max_length:] if keep_end else x[:max_length] for x in ids]
+    examples = EncodedExamples(ids, targets)
+    examples.truncated_fraction = truncated / max(1, len(ids))
+    return examples
+
+
+class LengthGroupedSampler(Sampler[list[int]]):
+    """Shuffled batches of similar-length examples: shuffle, cut into mega-batches of
+    `group` batches, sort each by length, then shuffle the batch order."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, group: int = 50):
+        self.lengths, self.batch_size, self.seed, self.group = lengths, batch_size, seed, group
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed + self.epoch)
+        self.epoch += 1
+        order = rng.permutation(len(self.lengths))
+        mega = self.batch_size * self.group
+        batches = []
+        for start in range(0, len(order), mega):
+            chunk = order[start : start + mega]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches += [chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+        yield from (batches[i] for i in rng.permutation(len(batches)))
+
+
+class Collate:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows) -> dict[str, torch.Tensor]:
+        ids, targets, index = zip(*rows)
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, x in enumerate(ids):
+            input_ids[row, : len(x)] = torch.tensor(x)
+            mask[row, : len(x)] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "target": torch.tensor(targets, dtype=torch.float32),
+            "index": torch.tensor(index),
+        }
+
+
+def train_loader(examples: EncodedExamples, batch_size: int, pad_id: int, seed: int,
+                 group_by_length: bool = True, num_workers: int = 0) -> DataLoader:
+    if group_by_length:
+        sampler = LengthGroupedSampler(examples.lengths, batch_size, seed)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        sampler = torch.utils.data.BatchSampler(
+            torch.utils.data.RandomSampler(examples, generator=generator), batch_size, drop_last=False
+        )
+    return DataLoader(examples, batch_sampler=sampler, collate_fn=Collate(pad_id), num_workers=num_workers)
+
+
+class FixedBatches(Sampler[list[int]]):
+    """A precomputed batch order (Lightning wraps batch samplers, so a plain list won't do)."""
+
+    def __init__(self, batches: list[list[int]]):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def inference_loader(examples: EncodedExamples, batch_size: int, pad_id: int, num_workers: int = 0) -> DataLoader:
+    """Longest first, so the largest batch (peak memory) comes first and padding is minimal;
+    each batch carries `index` so predictions go back to dataset order."""
+    order = np.argsort(-examples.lengths, kind="stable").tolist()
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return DataLoader(examples, batch_sampler=FixedBatches(batches), collate_fn=Collate(pad_id), num_workers=num_workers)
+
+
+def padding_fraction(loader: DataLoader) -> float:
+    """Share of the computed token positions that are padding."""
+    real = total = 0
+    for batch in loader:
+        real += int(batch["attention_mask"].sum())
+        total += batch["attention_mask"].numel()
+    return 1.0 - real / max(1, total)

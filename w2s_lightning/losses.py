@@ -1,0 +1,107 @@
+"""Student losses. Each takes logits (N, 2), soft targets p(label = 1) of shape (N,), and the
+fraction of training done, and returns a scalar. A new loss is one subclass and one YAML
+file in `conf/loss/`; subclasses register themselves by `name`."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOSSES: dict[str, type[Loss]] = {}
+
+
+def two_class(target: torch.Tensor) -> torch.Tensor:
+    return torch.stack([1.0 - target, target], dim=-1)
+
+
+def ramp(progress: float, peak: float, warmup_frac: float) -> float:
+    """Rises linearly from 0 to `peak` over `warmup_frac` of training, then stays: continuous,
+    with no jump when the warmup ends."""
+    if warmup_frac <= 0:
+        return peak
+    return peak * min(1.0, progress / warmup_frac)
+
+
+class Loss(nn.Module):
+    name: ClassVar[str]
+    # True when the loss needs a statistic of the whole configured batch; under gradient
+    # accumulation the trainer then computes it over all micro-batches first.
+    needs_batch_context: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        LOSSES[cls.name] = cls
+
+    def batch_context(self, probs: torch.Tensor, target: torch.Tensor) -> dict:
+        return {}
+
+    def forward(self, logits, target, progress: float, context: dict | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class CrossEntropy(Loss):
+    """Cross-entropy against the soft labels: the plain weak-to-strong baseline."""
+
+    name = "xent"
+
+    def forward(self, logits, target, progress, context=None):
+        return F.cross_entropy(logits.float(), two_class(target.float()))
+
+
+class KLDivergence(Loss):
+    """KL(target || student): the gradient of cross-entropy, but zero when the student
+    matches its targets, so the logged value reads as distance to the supervisor."""
+
+    name = "kl"
+
+    def forward(self, logits, target, progress, context=None):
+        t = two_class(target.float())
+        return (torch.xlogy(t, t) - t * F.log_softmax(logits.float(), -1)).sum(-1).mean()
+
+
+class LogConfidence(Loss):
+    """The auxiliary confidence loss of Burns et al. (2023): the target mixes the weak label
+    with the student's own hardened prediction, (1 - a) * weak + a * hard(student). The
+    hardening threshold makes the hardened labels as positive as the weak labels are on
+    average over the batch; a ramps from 0 to `aux_coef` over `warmup_frac` of training."""
+
+    name = "logconf"
+    needs_batch_context = True
+
+    def __init__(self, aux_coef: float = 0.75, warmup_frac: float = 0.2):
+        super().__init__()
+        self.aux_coef, self.warmup_frac = aux_coef, warmup_frac
+
+    def batch_context(self, probs, target):
+        positive_share = target.float().mean()
+        return {"threshold": torch.quantile(probs.float(), (1.0 - positive_share).clamp(0, 1))}
+
+    def forward(self, logits, target, progress, context=None):
+        probs = torch.softmax(logits.float(), -1)[:, 1].detach()
+        context = context or self.batch_context(probs, target)
+        hard = (probs >= context["threshold"]).float()
+        coef = ramp(progress, self.aux_coef, self.warmup_frac)
+        mixed = (1.0 - coef) * target.float() + coef * hard
+        return F.cross_entropy(logits.float(), two_class(mixed))
+
+
+class Product(Loss):
+    """Cross-entropy against weak^alpha * student^beta (normalised, no gradient through the
+    target): the student keeps the weak label's direction but sharpens it by its own
+    belief; beta ramps from 0 over `warmup_frac`."""
+
+    name = "product"
+
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0, warmup_frac: float = 0.1):
+        super().__init__()
+        self.alpha, self.beta, self.warmup_frac = alpha, beta, warmup_frac
+
+    def forward(self, logits, target, progress, context=None):
+        beta = ramp(progress, self.beta, self.warmup_frac)
+        probs = torch.softmax(logits.float(), -1).detach()
+        combined = two_class(target.float()).pow(self.alpha) * probs.pow(beta)
+        combined = combined / combined.sum(-1, keepdim=True).clamp(min=1e-12)
+        return F.cross_entropy(logits.float(), combined)

@@ -1,0 +1,1 @@
+"""Models (plain `nn.Module`s built from a catalogue entry) and the LightningModule that trains them."""

@@ -1,0 +1,86 @@
+"""Load a Hugging Face backbone and its tokenizer from a catalogue entry.
+
+`pretrained` takes three forms: a hub id (`gpt2`) or local folder, `pkg://module/subdir`
+for weights that a pip package ships (no network), or `model_type:gpt2` for random weights
+from the library's default config of that architecture (throughput checks, tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
+
+PKG_PREFIX = "pkg://"
+MODEL_TYPE_PREFIX = "model_type:"
+DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_prob")
+
+
+class ModelLoadError(OSError):
+    """The model could not be loaded; the message says where it looked and how to fix it."""
+
+
+def resolve_source(source: str) -> str:
+    """A `pkg://` source becomes the folder inside the installed package."""
+    if not source.startswith(PKG_PREFIX):
+        return str(Path(source).expanduser()) if Path(source).expanduser().exists() else source
+    module, _, subdir = source[len(PKG_PREFIX) :].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        dist = module.replace("_", "-")
+        raise ModelLoadError(f"model source {source}: package '{module}' is not installed; fix: pip install {dist}")
+    return str(Path(next(iter(spec.submodule_search_locations))) / subdir)
+
+
+def _hub_error(what: str, source: str, slot_hint: str, err: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not load the {what} '{source}': {err}. If this machine is offline, download it "
+        f"elsewhere (huggingface-cli download {source}) and point the catalogue entry at the "
+        f"folder, e.g. {slot_hint}=/path/to/{source.split('/')[-1]}"
+    )
+
+
+def load_config(spec) -> PretrainedConfig:
+    overrides = dict(spec.config_overrides or {})
+    if spec.pretrained.startswith(MODEL_TYPE_PREFIX):
+        config = AutoConfig.for_model(spec.pretrained[len(MODEL_TYPE_PREFIX) :], **overrides)
+    else:
+        source = resolve_source(spec.pretrained)
+        try:
+            config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code, **overrides)
+        except OSError as err:
+            raise _hub_error("model config", spec.pretrained, "weak_model.pretrained", err) from err
+    if spec.dropout is not None:
+        for key, value in config.to_dict().items():
+            if key.endswith(DROPOUT_SUFFIXES) and isinstance(value, float):
+                setattr(config, key, spec.dropout)
+    return config
+
+
+def load_tokenizer(spec):
+    source = spec.tokenizer or spec.pretrained
+    if source.startswith(MODEL_TYPE_PREFIX):
+        raise ModelLoadError(
+            f"model '{spec.name}' has random weights ({source}) and so needs an explicit tokenizer; "
+            "fix: set its `tokenizer` to a hub id, folder or pkg:// source"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_source(source), trust_remote_code=spec.trust_remote_code)
+    except OSError as err:
+        raise _hub_error("tokenizer", source, "weak_model.tokenizer", err) from err
+    if tokenizer.pad_token is None:
+        # GPT-2 and most decoders ship no pad token; pooling reads the attention mask, so
+        # which id fills the padding does not matter.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_backbone(spec, config: PretrainedConfig | None = None):
+    config = config or load_config(spec)
+    if spec.from_scratch or spec.pretrained.startswith(MODEL_TYPE_PREFIX):
+        return AutoModel.from_config(config, trust_remote_code=spec.trust_remote_code)
+    source = resolve_source(spec.pretrained)
+    try:
+        return AutoModel.from_pretrained(source, config=config, trust_remote_code=spec.trust_remote_code)
+    except OSError as err:
+        raise _hub_error("model weights", spec.pretrained, "weak_model.pretrained", err) from err

@@ -1,0 +1,77 @@
+"""Backbone + linear head: the binary classifier both slots use."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from w2s_lightning.models.backbone import load_backbone, load_config
+
+POOLINGS = ("last", "mean", "cls")
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool with the attention mask, never by counting non-zero ids (id 0 is a real token
+    in many vocabularies). Works for left or right padding."""
+    if mode == "last":
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        last = (mask * positions).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if mode == "mean":
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+    if mode == "cls":
+        return hidden[:, 0]
+    raise ValueError(f"pooling '{mode}' is not one of {POOLINGS}; fix: set the model's pooling")
+
+
+def resolve_pooling(spec, config) -> str:
+    """`auto`: decoders pool their last real token, encoders their first ([CLS]) token."""
+    if spec.pooling != "auto":
+        return spec.pooling
+    is_decoder = bool(getattr(config, "is_decoder", False)) or any(
+        arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel") for arch in (config.architectures or [])
+    ) or config.model_type in {"gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "mistral", "gemma", "phi"}
+    return "last" if is_decoder else "cls"
+
+
+class Classifier(nn.Module):
+    def __init__(self, spec):
+        super().__init__()
+        config = load_config(spec)
+        self.pooling = resolve_pooling(spec, config)
+        self.backbone = load_backbone(spec, config)
+        hidden = config.get_text_config().hidden_size
+        self.head = nn.Linear(hidden, 2)
+        # Zero init (std 0) starts every model at p = 0.5, so the first steps only see the labels.
+        nn.init.normal_(self.head.weight, std=spec.head_init_std)
+        nn.init.zeros_(self.head.bias)
+        if spec.linear_probe:
+            self.backbone.requires_grad_(False)
+        if spec.lora is not None and not spec.linear_probe:
+            self.backbone = apply_lora(self.backbone, spec.lora)
+        if spec.gradient_checkpointing:
+            # Non-reentrant checkpointing works with frozen embeddings and keeps dropout as configured.
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(pool(hidden, attention_mask, self.pooling).to(self.head.weight.dtype))
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what training changed: the head, plus adapters under LoRA or everything under
+        full finetuning."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {n: t.detach().cpu() for n, t in self.state_dict().items() if n in names}
+
+
+def apply_lora(backbone: nn.Module, lora) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules) if list(lora.target_modules) != ["all-linear"] else "all-linear",
+    )
+    return get_peft_model(backbone, config)
