@@ -17,9 +17,11 @@ MODEL_SLOTS = ("weak_model", "strong_model")
 
 @dataclass
 class LoraSpec:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
+    enabled: bool = False  # switch on per run: strong_model.lora.enabled=true
+    r: int = 8  # adapter rank
+    alpha: int = 16  # scale = alpha / r
+    dropout: float = 0.0  # dropout on the adapter input
+    # peft's name patterns; "all-linear" adapts every linear layer but the output head
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
 
 
@@ -27,25 +29,25 @@ class LoraSpec:
 class ModelSpec:
     """One entry of the model catalogue; a typo in a model file fails at start-up."""
 
-    name: str = "???"
-    size: float = "???"  # type: ignore[assignment]
-    pretrained: str = "???"
-    tokenizer: str | None = None
-    from_scratch: bool = False
-    config_overrides: dict[str, Any] = field(default_factory=dict)
-    pooling: str = "auto"
-    lr: float = 1e-5
-    batch_size: int = 32
-    micro_batch_size: int | None = None
-    eval_batch_size: int = 64
-    max_length: int = 512
-    dropout: float | None = 0.0
-    head_init_std: float = 0.0
-    linear_probe: bool = False
-    lora: LoraSpec | None = None
-    gradient_checkpointing: bool = False
-    trust_remote_code: bool = False
-    notes: str = ""
+    name: str = "???"  # slash-free option name, equal to the file name
+    size: float = "???"  # type: ignore[assignment]  # parameter count: orders weak/strong pairs
+    pretrained: str = "???"  # hub id, local folder, pkg://module/dir, or model_type:NAME (random weights)
+    tokenizer: str | None = None  # defaults to `pretrained`
+    from_scratch: bool = False  # random init from the pretrained config (a weak model with no prior)
+    config_overrides: dict[str, Any] = field(default_factory=dict)  # applied to the HF config
+    pooling: str = "auto"  # last | mean | cls; auto: last for decoders, cls for encoders
+    lr: float = 1e-5  # per-model learning rate, as in the reference's model table
+    batch_size: int = 32  # examples per optimizer step
+    micro_batch_size: int | None = None  # examples per forward pass; null = batch_size (no accumulation)
+    eval_batch_size: int = 64  # examples per inference batch
+    max_length: int = 512  # tokens; longer texts are truncated and the share is logged
+    dropout: float | None = 0.0  # every dropout prob in the HF config; 0 = deterministic training; null keeps the model's
+    head_init_std: float = 0.0  # 0 = zero head, so training starts at p = 0.5
+    linear_probe: bool = False  # freeze the backbone and train only the head
+    lora: LoraSpec = field(default_factory=LoraSpec)  # low-rank adapters through peft
+    gradient_checkpointing: bool = False  # recompute activations in backward: memory for compute
+    trust_remote_code: bool = False  # run code from the model repo; off unless a model file turns it on
+    notes: str = ""  # memory and hardware notes for people choosing a model
 
 
 def load_model_spec(path: Path) -> Any:

@@ -91,6 +91,7 @@ def run(cfg: DictConfig) -> float | None:
     out_dir.mkdir(parents=True, exist_ok=True)
     student_loss = instantiate(cfg.loss)
     results = {"weak_model": cfg.weak_model.name, "strong_model": cfg.strong_model.name,
+               "weak_size": cfg.weak_model.size, "strong_size": cfg.strong_model.size,
                "loss": student_loss.name, "dataset": cfg.dataset.name, "seed": cfg.seed, "name": cfg.name}
     if reason := pair_skip_reason(cfg):
         log.warning("skipping pair: %s", reason)

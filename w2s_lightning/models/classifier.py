@@ -48,7 +48,7 @@ class Classifier(nn.Module):
         nn.init.zeros_(self.head.bias)
         if spec.linear_probe:
             self.backbone.requires_grad_(False)
-        if spec.lora is not None and not spec.linear_probe:
+        if spec.lora.enabled and not spec.linear_probe:
             self.backbone = apply_lora(self.backbone, spec.lora)
         if spec.gradient_checkpointing:
             # Non-reentrant checkpointing works with frozen embeddings and keeps dropout as configured.
