@@ -1,8 +1,8 @@
 """Run one weak-to-strong experiment (or, with -m, a sweep of them).
 
-    python train.py                                   # the embedded default, offline
-    python train.py weak_model=gpt2 strong_model=gpt2_large dataset=sciq loss=logconf
-    python train.py -m weak_model=tiny_bert strong_model=tiny_gpt2 seed=0,1
+python train.py                                   # the embedded default, offline
+python train.py weak_model=gpt2 strong_model=gpt2_large dataset=sciq loss=logconf
+python train.py -m weak_model=tiny_bert strong_model=tiny_gpt2 seed=0,1
 """
 
 import hydra

@@ -87,9 +87,16 @@ def entries(root: Path) -> list[dict]:
     for record_path in sorted(root.glob(f"*/*/{RECORD}")):
         record = json.loads(record_path.read_text())
         size = sum(f.stat().st_size for f in record_path.parent.rglob("*") if f.is_file())
-        rows.append({"stage": record_path.parent.parent.name, "key": record_path.parent.name,
-                     "model": record.get("model", ""), "finished_at": record.get("finished_at", 0),
-                     "bytes": size, "path": record_path.parent})
+        rows.append(
+            {
+                "stage": record_path.parent.parent.name,
+                "key": record_path.parent.name,
+                "model": record.get("model", ""),
+                "finished_at": record.get("finished_at", 0),
+                "bytes": size,
+                "path": record_path.parent,
+            }
+        )
     return rows
 
 

@@ -41,7 +41,9 @@ class ModelSpec:
     micro_batch_size: int | None = None  # examples per forward pass; null = batch_size (no accumulation)
     eval_batch_size: int = 64  # examples per inference batch
     max_length: int = 512  # tokens; longer texts are truncated and the share is logged
-    dropout: float | None = 0.0  # every dropout prob in the HF config; 0 = deterministic training; null keeps the model's
+    dropout: float | None = (
+        0.0  # every dropout prob in the HF config; 0 = deterministic training; null keeps the model's
+    )
     head_init_std: float = 0.0  # 0 = zero head, so training starts at p = 0.5
     linear_probe: bool = False  # freeze the backbone and train only the head
     lora: LoraSpec = field(default_factory=LoraSpec)  # low-rank adapters through peft

@@ -14,8 +14,15 @@ def wandb_logger(stage: str, tags: list[str], group: str, offline: bool = True, 
     environment wins over the offline default, as W&B users expect."""
     if os.environ.get("WANDB_MODE") == "online":
         offline = False
-    return WandbLogger(name=f"{group}/{stage}", group=group, job_type=stage, tags=list(tags),
-                       offline=offline, reinit="finish_previous", **kwargs)
+    return WandbLogger(
+        name=f"{group}/{stage}",
+        group=group,
+        job_type=stage,
+        tags=list(tags),
+        offline=offline,
+        reinit="finish_previous",
+        **kwargs,
+    )
 
 
 def csv_logger(stage: str, tags: list[str], save_dir: str, **kwargs) -> CSVLogger:

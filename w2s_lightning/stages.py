@@ -27,20 +27,32 @@ def predict_probs(trainer: L.Trainer, system: ClassifierSystem, examples, batch_
     return probs
 
 
-def fit_predict(cfg, spec, stage: str, train: pd.DataFrame, targets: np.ndarray, loss: Loss,
-                val: pd.DataFrame, predict: dict[str, pd.DataFrame], workdir: Path, loggers: list) -> dict:
+def fit_predict(
+    cfg,
+    spec,
+    stage: str,
+    train: pd.DataFrame,
+    targets: np.ndarray,
+    loss: Loss,
+    val: pd.DataFrame,
+    predict: dict[str, pd.DataFrame],
+    workdir: Path,
+    loggers: list,
+) -> dict:
     """Train on (`train`, `targets`), then write `<name>.parquet` (id, prob, label) for every
     frame in `predict`. Returns the stage record; test metrics come from `predict['test']`."""
     L.seed_everything(cfg.seed, workers=True)  # each stage starts from the same state, cached or not
-    system = ClassifierSystem(spec, loss, instantiate(cfg.optimizer), cfg.train.warmup_ratio,
-                              cfg.train.grad_clip, stage)
+    system = ClassifierSystem(
+        spec, loss, instantiate(cfg.optimizer), cfg.train.warmup_ratio, cfg.train.grad_clip, stage
+    )
     tokenizer = load_tokenizer(spec)
     keep_end = system.model.pooling == "last"
     encoded = encode(train["text"], tokenizer, spec.max_length, targets, keep_end, f"{stage}/train")
     val_encoded = encode(val["text"], tokenizer, spec.max_length, val["label"], keep_end, f"{stage}/val")
     pad_id = tokenizer.pad_token_id
-    trainer = instantiate(cfg.trainer, max_epochs=cfg.train.epochs, logger=loggers or False,
-                          default_root_dir=str(workdir))
+    trainer = instantiate(
+        cfg.trainer, max_epochs=cfg.train.epochs, logger=loggers or False, default_root_dir=str(workdir)
+    )
     start = time.perf_counter()
     trainer.fit(
         system,
@@ -60,7 +72,9 @@ def fit_predict(cfg, spec, stage: str, train: pd.DataFrame, targets: np.ndarray,
     for name, frame in predict.items():
         examples = encode(frame["text"], tokenizer, spec.max_length, frame["label"], keep_end, f"{stage}/{name}")
         probs = predict_probs(trainer, system, examples, spec.eval_batch_size, pad_id)
-        pd.DataFrame({"id": frame["id"], "prob": probs, "label": frame["label"]}).to_parquet(workdir / f"{name}.parquet")
+        pd.DataFrame({"id": frame["id"], "prob": probs, "label": frame["label"]}).to_parquet(
+            workdir / f"{name}.parquet"
+        )
         if name == "test":
             record["test"] = binary_metrics(probs, frame["label"].to_numpy())
     record["predict_seconds"] = time.perf_counter() - start

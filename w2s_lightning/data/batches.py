@@ -36,8 +36,14 @@ def encode(texts, tokenizer, max_length: int, targets, keep_end: bool, split: st
     ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
     truncated = sum(len(x) > max_length for x in ids)
     if truncated:
-        log.info("%s: truncated %d/%d examples (%.1f%%) to %d tokens", split, truncated, len(ids),
-                 100 * truncated / len(ids), max_length)
+        log.info(
+            "%s: truncated %d/%d examples (%.1f%%) to %d tokens",
+            split,
+            truncated,
+            len(ids),
+            100 * truncated / len(ids),
+            max_length,
+        )
     ids = [x[-max_length:] if keep_end else x[:max_length] for x in ids]
     examples = EncodedExamples(ids, targets)
     examples.truncated_fraction = truncated / max(1, len(ids))
@@ -88,8 +94,14 @@ class Collate:
         }
 
 
-def train_loader(examples: EncodedExamples, batch_size: int, pad_id: int, seed: int,
-                 group_by_length: bool = True, num_workers: int = 0) -> DataLoader:
+def train_loader(
+    examples: EncodedExamples,
+    batch_size: int,
+    pad_id: int,
+    seed: int,
+    group_by_length: bool = True,
+    num_workers: int = 0,
+) -> DataLoader:
     if group_by_length:
         sampler = LengthGroupedSampler(examples.lengths, batch_size, seed)
     else:
@@ -118,7 +130,9 @@ def inference_loader(examples: EncodedExamples, batch_size: int, pad_id: int, nu
     each batch carries `index` so predictions go back to dataset order."""
     order = np.argsort(-examples.lengths, kind="stable").tolist()
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    return DataLoader(examples, batch_sampler=FixedBatches(batches), collate_fn=Collate(pad_id), num_workers=num_workers)
+    return DataLoader(
+        examples, batch_sampler=FixedBatches(batches), collate_fn=Collate(pad_id), num_workers=num_workers
+    )
 
 
 def padding_fraction(loader: DataLoader) -> float:

@@ -53,9 +53,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     readers[".parquet"] = pd.read_parquet
     reader = readers.get(path.suffix.lower())
     if reader is None:
-        raise DatasetError(
-            f"dataset file {path} has suffix '{path.suffix}'; fix: use .jsonl, .csv or .parquet"
-        )
+        raise DatasetError(f"dataset file {path} has suffix '{path.suffix}'; fix: use .jsonl, .csv or .parquet")
     return reader(path)
 
 

@@ -38,13 +38,16 @@ def _shuffled(frame: pd.DataFrame, seed: int, balance: bool) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+KNOBS = {"a": "n_weak", "b": "n_strong", "val": "n_val", "test": "n_test"}
+
+
 def _take(pool: pd.DataFrame, sizes: dict[str, int], dataset: str, pool_name: str) -> dict:
     need = sum(sizes.values())
     if need > len(pool):
-        wanted = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        wanted = ", ".join(f"dataset.{KNOBS[k]}={v}" for k, v in sizes.items())
         raise DatasetError(
             f"dataset '{dataset}': the {pool_name} pool has {len(pool)} examples but the splits "
-            f"need {need} ({wanted}); fix: lower those sizes, e.g. dataset.n_weak=..."
+            f"need {need} ({wanted}); fix: lower those sizes on the command line"
         )
     out, start = {}, 0
     for name, size in sizes.items():

@@ -29,9 +29,11 @@ def resolve_pooling(spec, config) -> str:
     """`auto`: decoders pool their last real token, encoders their first ([CLS]) token."""
     if spec.pooling != "auto":
         return spec.pooling
-    is_decoder = bool(getattr(config, "is_decoder", False)) or any(
-        arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel") for arch in (config.architectures or [])
-    ) or config.model_type in {"gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "mistral", "gemma", "phi"}
+    is_decoder = (
+        bool(getattr(config, "is_decoder", False))
+        or any(arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel") for arch in (config.architectures or []))
+        or config.model_type in {"gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "mistral", "gemma", "phi"}
+    )
     return "last" if is_decoder else "cls"
 
 
@@ -41,6 +43,9 @@ class Classifier(nn.Module):
         config = load_config(spec)
         self.pooling = resolve_pooling(spec, config)
         self.backbone = load_backbone(spec, config)
+        # from_pretrained returns a model in eval mode and Lightning keeps submodule modes as
+        # found; in eval mode Hugging Face silently skips gradient checkpointing.
+        self.backbone.train()
         hidden = config.get_text_config().hidden_size
         self.head = nn.Linear(hidden, 2)
         # Zero init (std 0) starts every model at p = 0.5, so the first steps only see the labels.

@@ -16,8 +16,15 @@ from w2s_lightning.models.classifier import Classifier
 
 
 class ClassifierSystem(L.LightningModule):
-    def __init__(self, spec, loss: Loss, optimizer, warmup_ratio: float = 0.0,
-                 grad_clip: float | None = 1.0, stage: str = "train"):
+    def __init__(
+        self,
+        spec,
+        loss: Loss,
+        optimizer,
+        warmup_ratio: float = 0.0,
+        grad_clip: float | None = 1.0,
+        stage: str = "train",
+    ):
         super().__init__()
         # Manual steps let one configured batch run as several micro-batches while a loss
         # such as logconf still sees statistics of the whole batch.
@@ -40,7 +47,9 @@ class ClassifierSystem(L.LightningModule):
 
     def _chunks(self, batch: dict) -> list[dict]:
         n = batch["input_ids"].shape[0]
-        return [{k: v[i : i + self.micro_batch_size] for k, v in batch.items()} for i in range(0, n, self.micro_batch_size)]
+        return [
+            {k: v[i : i + self.micro_batch_size] for k, v in batch.items()} for i in range(0, n, self.micro_batch_size)
+        ]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
@@ -57,13 +66,21 @@ class ClassifierSystem(L.LightningModule):
             self.manual_backward(loss)
             total += loss.detach()
         if self.grad_clip:
-            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+            self.clip_norm(optimizer)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         self.log(f"{self.stage}/train/loss", total, prog_bar=True, batch_size=n)
         self.log(f"{self.stage}/train/lr", scheduler.get_last_lr()[0], batch_size=n)
         return total
+
+    def clip_norm(self, optimizer) -> None:
+        """Sharded parameters need the wrapper's own clip, which sums the norm across ranks."""
+        wrapped = self.trainer.strategy.model
+        if hasattr(wrapped, "clip_grad_norm_"):  # FSDP
+            wrapped.clip_grad_norm_(self.grad_clip)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["input_ids"], batch["attention_mask"])

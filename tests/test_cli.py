@@ -1,0 +1,167 @@
+"""`train.py` as a user runs it: command-line overrides, multirun sweeps with their report,
+parallel jobs, and a sweep killed mid-stage and rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from .helpers import ROOT, TINY
+
+SWEEP = ["weak_model=tiny_bert,tiny_gpt2", "strong_model=tiny_gpt2,tiny_pythia"]
+
+
+def train_cmd(tmp_path: Path, *overrides: str, multirun: bool = False) -> list[str]:
+    tiny = [o for o in TINY if not o.startswith(("weak_model=", "strong_model="))] if multirun else TINY
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *(["-m"] if multirun else []),
+        *tiny,
+        f"paths.root_dir={tmp_path}",
+        *overrides,
+    ]
+
+
+def env() -> dict:
+    return {**os.environ, "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def results_in(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.rglob("results.json"))]
+
+
+def test_train_py_runs_one_experiment_with_overrides(tmp_path):
+    cmd = train_cmd(tmp_path, "loss=logconf", "seed=3", "hydra.job_logging.root.level=INFO")
+    subprocess.run(cmd, check=True, cwd=tmp_path, env=env(), capture_output=True)
+    [results] = results_in(tmp_path / "outputs" / "runs")
+    assert results["status"] == "done"
+    assert (results["loss"], results["seed"], results["strong_model"]) == ("logconf", 3, "tiny_gpt2")
+
+
+def test_print_config_shows_the_composed_groups(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--cfg", "job", "weak_model=gpt2"],
+        check=True,
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "pretrained: gpt2" in out and "strong_model:" in out and "_target_: w2s_lightning.losses" in out
+
+
+def test_bad_input_stops_with_a_message_that_names_the_fix(tmp_path):
+    cmd = train_cmd(tmp_path, "dataset=local", f"dataset.path={tmp_path / 'nope.jsonl'}")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "nope.jsonl does not exist; fix: set dataset.path" in proc.stderr
+
+
+@pytest.mark.slow
+def test_sweep_trains_each_model_once_per_seed_and_writes_the_report(tmp_path):
+    cmd = train_cmd(tmp_path, *SWEEP, "seed=0,1", "loss=xent,logconf", multirun=True)
+    subprocess.run(cmd, check=True, cwd=tmp_path, env=env(), capture_output=True)
+    [sweep] = list((tmp_path / "outputs" / "multirun").glob("*/*"))
+    results = results_in(sweep)
+    assert len(results) == 2 * 2 * 2 * 2
+    skipped = [r for r in results if r["status"] == "skipped"]
+    assert {(r["weak_model"], r["strong_model"]) for r in skipped} == {("tiny_gpt2", "tiny_gpt2")}
+    trained = {
+        stage: sum(not r[stage]["cached"] for r in results if r["status"] == "done")
+        for stage in ("weak", "ceiling", "student")
+    }
+    # Per seed: two weak models and two strong ceilings, whatever the number of pairs and losses.
+    assert trained == {"weak": 2 * 2, "ceiling": 2 * 2, "student": 3 * 2 * 2}
+
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert len(summary) == 16 and (summary["status"] == "skipped").sum() == 4
+    report = (sweep / "report.md").read_text()
+    assert "xent" in report and "logconf" in report and "tiny_gpt2" in report
+    for loss in ("xent", "logconf"):
+        for figure in (f"accuracy_vs_size_{loss}.png", f"pgr_heatmap_{loss}.png"):
+            assert (sweep / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_jobs_in_parallel(tmp_path):
+    cmd = train_cmd(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", multirun=True)
+    cmd = [c for c in cmd] + ["weak_model=tiny_bert", "strong_model=tiny_gpt2"]
+    subprocess.run(cmd, check=True, cwd=tmp_path, env=env(), capture_output=True)
+    results = results_in(tmp_path / "outputs" / "multirun")
+    assert sorted(r["seed"] for r in results) == [0, 1]
+    assert all(r["status"] == "done" for r in results)
+
+
+@pytest.mark.slow
+def test_two_processes_needing_the_same_stages_train_them_once(tmp_path):
+    procs = [
+        subprocess.Popen(
+            train_cmd(tmp_path, f"hydra.run.dir={tmp_path}/run{i}"),
+            cwd=tmp_path,
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(2)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    first, second = (json.loads((tmp_path / f"run{i}" / "results.json").read_text()) for i in range(2))
+    for stage in ("weak", "ceiling", "student"):
+        assert first[stage]["cached"] + second[stage]["cached"] == 1, stage
+        assert first[stage]["acc"] == second[stage]["acc"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_stage_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    bigger = ["dataset.n_weak=400", "dataset.n_strong=400", "train.epochs=2"]
+    killed = subprocess.Popen(
+        train_cmd(tmp_path, *bigger, f"hydra.run.dir={tmp_path}/killed"),
+        cwd=tmp_path,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    cache = tmp_path / ".cache" / "stages"
+    deadline = time.time() + 240
+    # Kill once the weak stage is finished and the ceiling is being written.
+    while not list(cache.glob("ceiling/.*.tmp-*")) and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    assert killed.poll() is None, "the run ended before it could be killed"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert list(cache.glob("weak/*/record.json")), "the finished weak stage was lost"
+    assert not list(cache.glob("ceiling/*/record.json")), "a partial stage reads as finished"
+
+    subprocess.run(
+        train_cmd(tmp_path, *bigger, f"hydra.run.dir={tmp_path}/resumed"),
+        check=True,
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+    )
+    resumed = json.loads((tmp_path / "resumed" / "results.json").read_text())
+    assert resumed["weak"]["cached"] and not resumed["ceiling"]["cached"]
+
+    fresh_root = tmp_path / "fresh"
+    fresh_root.mkdir()
+    subprocess.run(
+        train_cmd(fresh_root, *bigger, f"hydra.run.dir={fresh_root}/run"),
+        check=True,
+        cwd=fresh_root,
+        env=env(),
+        capture_output=True,
+    )
+    fresh = json.loads((fresh_root / "run" / "results.json").read_text())
+    for stage in ("weak", "ceiling", "student"):
+        assert resumed[stage]["acc"] == fresh[stage]["acc"]
+        assert resumed[stage]["auroc"] == pytest.approx(fresh[stage]["auroc"], abs=1e-12)
+    assert resumed["pgr"] == fresh["pgr"]

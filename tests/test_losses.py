@@ -1,0 +1,95 @@
+"""Each loss against values computed by hand, the warmup's continuity, and logconf's
+batch statistic under gradient accumulation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from w2s_lightning.losses import LOSSES, CrossEntropy, KLDivergence, LogConfidence, Product, ramp
+
+LOGITS = torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.0, 0.0], [1.0, 3.0]])
+TARGET = torch.tensor([0.8, 0.1, 0.5, 1.0])
+
+
+def p1(row) -> float:
+    a, b = row
+    return math.exp(b) / (math.exp(a) + math.exp(b))
+
+
+def xent_by_hand(logits, targets) -> float:
+    total = 0.0
+    for row, t in zip(logits.tolist(), targets):
+        p = p1(row)
+        total += -(t * math.log(p) + (1 - t) * math.log(1 - p))
+    return total / len(targets)
+
+
+def test_registry_holds_every_loss():
+    assert set(LOSSES) == {"xent", "kl", "logconf", "product"}
+
+
+def test_xent_by_hand():
+    assert CrossEntropy()(LOGITS, TARGET, 0.0).item() == pytest.approx(xent_by_hand(LOGITS, TARGET.tolist()), abs=1e-6)
+
+
+def test_kl_by_hand_and_zero_at_the_target():
+    entropy = sum(-(t * math.log(t) + (1 - t) * math.log(1 - t)) for t in TARGET.tolist() if 0 < t < 1) / 4
+    expected = xent_by_hand(LOGITS, TARGET.tolist()) - entropy
+    assert KLDivergence()(LOGITS, TARGET, 0.0).item() == pytest.approx(expected, abs=1e-6)
+    matching = torch.log(torch.stack([1 - TARGET[:3], TARGET[:3]], -1))
+    assert KLDivergence()(matching, TARGET[:3], 0.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_logconf_by_hand():
+    loss = LogConfidence(aux_coef=0.5, warmup_frac=0.5)
+    # progress 0.25 is halfway through warmup: coefficient 0.25.
+    probs = [p1(r) for r in LOGITS.tolist()]  # 0.731, 0.119, 0.5, 0.881
+    positive_share = float(TARGET.mean())  # 0.6
+    threshold = float(np.quantile(probs, 1 - positive_share))  # linear interpolation, as torch.quantile
+    hard = [float(p >= threshold) for p in probs]
+    assert hard == [1.0, 0.0, 0.0, 1.0]  # threshold 0.546: the two most confident positives
+    mixed = [(1 - 0.25) * t + 0.25 * h for t, h in zip(TARGET.tolist(), hard)]
+    assert loss(LOGITS, TARGET, 0.25).item() == pytest.approx(xent_by_hand(LOGITS, mixed), abs=1e-6)
+    # Before any training the target is exactly the weak label.
+    assert loss(LOGITS, TARGET, 0.0).item() == pytest.approx(xent_by_hand(LOGITS, TARGET.tolist()), abs=1e-6)
+
+
+def test_product_by_hand():
+    loss = Product(alpha=1.0, beta=1.0, warmup_frac=0.0)
+    targets = []
+    for row, t in zip(LOGITS.tolist(), TARGET.tolist()):
+        p = p1(row)
+        pos, neg = t * p, (1 - t) * (1 - p)
+        targets.append(pos / (pos + neg))
+    assert loss(LOGITS, TARGET, 0.5).item() == pytest.approx(xent_by_hand(LOGITS, targets), abs=1e-6)
+
+
+@pytest.mark.parametrize("warmup_frac", [0.1, 0.2, 0.5])
+def test_warmup_ramps_without_a_jump(warmup_frac):
+    steps = np.linspace(0, 1, 10_001)
+    values = np.array([ramp(s, 0.75, warmup_frac) for s in steps])
+    assert values[0] == 0.0
+    assert values[-1] == pytest.approx(0.75)
+    # Largest step between neighbours is the slope times the grid spacing: no jump anywhere.
+    assert np.abs(np.diff(values)).max() <= 0.75 / warmup_frac * (steps[1] - steps[0]) + 1e-12
+    assert ramp(warmup_frac, 0.75, warmup_frac) == pytest.approx(0.75)
+    assert ramp(warmup_frac / 2, 0.75, warmup_frac) == pytest.approx(0.375)
+
+
+def test_logconf_under_accumulation_equals_the_full_batch_loss():
+    """Micro-batches that share the full batch's threshold add up to the full-batch loss;
+    without it each micro-batch would harden against its own, different, threshold."""
+    torch.manual_seed(0)
+    logits = torch.randn(16, 2)
+    target = torch.rand(16)
+    loss = LogConfidence(aux_coef=0.75, warmup_frac=0.2)
+    full = loss(logits, target, 0.5)
+    context = loss.batch_context(torch.softmax(logits, -1)[:, 1], target)
+    halves = [loss(logits[i : i + 8], target[i : i + 8], 0.5, context) for i in (0, 8)]
+    assert (sum(halves) / 2).item() == pytest.approx(full.item(), abs=1e-6)
+    alone = [loss(logits[i : i + 8], target[i : i + 8], 0.5) for i in (0, 8)]
+    assert (sum(alone) / 2).item() != pytest.approx(full.item(), abs=1e-6)

@@ -1,0 +1,160 @@
+"""The real pipeline end to end on tiny models: artifacts, cache behaviour, pair skipping."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from w2s_lightning.cache import StageCache
+from w2s_lightning.pipeline import run
+
+from .helpers import compose_cfg
+
+
+def read_results(cfg) -> dict:
+    return json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+
+
+def test_experiment_writes_results_labels_and_disjoint_splits(make_cfg):
+    cfg = make_cfg("logger=csv")
+    returned = run(cfg)
+    out = Path(cfg.paths.output_dir)
+    results = read_results(cfg)
+
+    assert results["status"] == "done"
+    for stage in ("weak", "ceiling", "student"):
+        assert 0.0 <= results[stage]["acc"] <= 1.0
+        assert 0.0 <= results[stage]["auroc"] <= 1.0
+        assert results[stage]["cached"] is False
+    assert 0.0 <= results["student"]["agreement"] <= 1.0
+    w, s, c = (results[k]["acc"] for k in ("weak", "student", "ceiling"))
+    assert results["pgr"] == (pytest.approx((s - w) / (c - w)) if c > w else None)
+    assert returned == results["pgr"]
+
+    labels = pd.read_parquet(out / "weak_labels.parquet")
+    assert list(labels.columns) == ["id", "weak_prob", "gt_label"]
+    assert len(labels) == cfg.dataset.n_strong
+    assert labels["weak_prob"].between(0, 1).all()
+
+    splits = {k: set(v) for k, v in json.loads((out / "splits.json").read_text()).items()}
+    sizes = {"a": cfg.dataset.n_weak, "b": cfg.dataset.n_strong, "val": cfg.dataset.n_val, "test": cfg.dataset.n_test}
+    assert {k: len(v) for k, v in splits.items()} == sizes
+    names = list(splits)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            assert not splits[first] & splits[second], f"{first} and {second} overlap"
+    assert set(labels["id"]) == splits["b"]
+
+    # One CSV log per stage, with the stage-prefixed test metrics in it.
+    for stage in ("weak", "ceiling", "student"):
+        metrics = pd.read_csv(out / "csv" / stage / "metrics.csv")
+        assert f"{stage}/test/acc" in metrics.columns
+        assert f"{stage}/train/loss" in metrics.columns
+    assert "pgr" in pd.read_csv(out / "csv" / "metrics" / "metrics.csv").columns or results["pgr"] is None
+
+
+def test_rerun_reuses_every_stage_with_identical_outputs(make_cfg):
+    first = make_cfg(run="first")
+    run(first)
+    second = make_cfg(run="second")
+    run(second)
+    a, b = read_results(first), read_results(second)
+    for stage in ("weak", "ceiling", "student"):
+        assert b[stage]["cached"] is True
+        assert b[stage]["key"] == a[stage]["key"]
+        assert b[stage]["acc"] == a[stage]["acc"] and b[stage]["auroc"] == a[stage]["auroc"]
+    assert b["pgr"] == a["pgr"]
+    labels_a = pd.read_parquet(Path(first.paths.output_dir) / "weak_labels.parquet")
+    labels_b = pd.read_parquet(Path(second.paths.output_dir) / "weak_labels.parquet")
+    pd.testing.assert_frame_equal(labels_a, labels_b)
+
+
+def test_uncached_rerun_reproduces_the_same_numbers(make_cfg):
+    """Seeding makes a stage's result a function of its config, which is what makes
+    the cache (and resuming a killed sweep) return what a fresh run would."""
+    first = make_cfg("cache.enabled=false", run="first")
+    second = make_cfg("cache.enabled=false", run="second")
+    run(first)
+    run(second)
+    a, b = read_results(first), read_results(second)
+    for stage in ("weak", "ceiling", "student"):
+        assert b[stage]["cached"] is False
+        assert b[stage]["acc"] == a[stage]["acc"]
+        assert b[stage]["auroc"] == pytest.approx(a[stage]["auroc"], abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def filled_cache(tmp_path_factory) -> Path:
+    """A cache holding every stage of the base tiny experiment, trained once per module."""
+    root = tmp_path_factory.mktemp("base")
+    cfg = compose_cfg(root)
+    run(cfg)
+    return Path(cfg.paths.cache_dir)
+
+
+@pytest.mark.parametrize(
+    ("override", "missed"),
+    [
+        ("weak_model.lr=0.002", {"weak", "student"}),  # the student reads the weak labels
+        ("strong_model.lr=0.002", {"ceiling", "student"}),
+        ("seed=1", {"weak", "ceiling", "student"}),
+        ("dataset.n_weak=80", {"weak", "ceiling", "student"}),  # B is drawn after A, so it moves too
+        ("loss=logconf", {"student"}),
+        ("logger=csv", set()),
+        ("trainer.enable_progress_bar=true", set()),
+        ("name=another_study", set()),
+    ],
+)
+def test_cache_misses_exactly_when_a_relevant_setting_changes(make_cfg, filled_cache, tmp_path, override, missed):
+    changed = make_cfg(override, run="changed")
+    shutil.copytree(filled_cache, changed.paths.cache_dir)
+    run(changed)
+    results = read_results(changed)
+    assert {s for s in ("weak", "ceiling", "student") if not results[s]["cached"]} == missed
+
+
+def test_force_retrain_replaces_entries(make_cfg):
+    run(make_cfg(run="base"))
+    forced = make_cfg("cache.force_retrain=true", run="forced")
+    run(forced)
+    results = read_results(forced)
+    assert not any(results[s]["cached"] for s in ("weak", "ceiling", "student"))
+    cache = StageCache(forced.paths.cache_dir)
+    assert cache.lookup("weak", results["weak"]["key"]) is not None
+
+
+def test_pairs_whose_strong_model_is_not_larger_are_skipped_visibly(make_cfg, caplog):
+    cfg = make_cfg("weak_model=tiny_gpt2", "strong_model=tiny_bert")
+    assert run(cfg) is None
+    results = read_results(cfg)
+    assert results["status"] == "skipped"
+    assert "not larger" in results["reason"]
+    assert "skipping pair" in caplog.text
+    kept = make_cfg("weak_model=tiny_gpt2", "strong_model=tiny_gpt2", "pairs.require_larger_strong=false", run="kept")
+    run(kept)
+    assert read_results(kept)["status"] == "done"
+
+
+def test_ceiling_on_split_a_trains_on_the_weak_supervisors_data(make_cfg):
+    cfg = make_cfg("ceiling_split=a")
+    run(cfg)
+    results = read_results(cfg)
+    record = json.loads((Path(results["ceiling"]["cache_path"]) / "record.json").read_text())
+    assert record["n_train"] == cfg.dataset.n_weak
+
+
+def test_wandb_offline_runs_land_in_the_output_folder(make_cfg, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_home"))
+    cfg = make_cfg("logger=wandb", "name=w2s_test")
+    run(cfg)
+    runs = sorted((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
+    # One run per stage plus the experiment's metrics run.
+    assert len(runs) == 4
+    import wandb
+
+    assert wandb.run is None, "a W&B run was left open"
