@@ -158,3 +158,31 @@ def test_wandb_offline_runs_land_in_the_output_folder(make_cfg, monkeypatch, tmp
     import wandb
 
     assert wandb.run is None, "a W&B run was left open"
+
+
+def test_gradient_accumulation_matches_the_full_batch(make_cfg):
+    """Micro-batches of 4 accumulate to the same update as one batch of 16, logconf's batch
+    statistic included, so predictions agree up to float summation order."""
+    full = make_cfg("loss=logconf", "cache.enabled=false", run="full")
+    micro = make_cfg("loss=logconf", "cache.enabled=false", "strong_model.micro_batch_size=4", run="micro")
+    run(full)
+    run(micro)
+    probs = [
+        pd.read_parquet(Path(read_results(c)["student"]["cache_path"]) / "test.parquet")["prob"] for c in (full, micro)
+    ]
+    assert probs[0].to_numpy() == pytest.approx(probs[1].to_numpy(), abs=1e-4)
+
+
+def test_linear_probes_compute_each_models_features_once(make_cfg):
+    probe = ("weak_model.linear_probe=true", "strong_model.linear_probe=true")
+    first = make_cfg(*probe, run="first")
+    run(first)
+    features = sorted((Path(first.paths.cache_dir) / "features").glob("*/features.pt"))
+    # weak model: A, val, B, test; strong model: B, val, test (the ceiling reuses the student's B).
+    assert len(features) == 7
+    stamps = {p: p.stat().st_mtime_ns for p in features}
+    second = make_cfg(*probe, "loss=logconf", run="second")
+    run(second)
+    assert not read_results(second)["student"]["cached"]
+    after = sorted((Path(first.paths.cache_dir) / "features").glob("*/features.pt"))
+    assert {p: p.stat().st_mtime_ns for p in after} == stamps

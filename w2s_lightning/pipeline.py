@@ -94,7 +94,17 @@ class Experiment:
                 loggers = self.loggers(stage)
                 try:
                     record = fit_predict(
-                        self.cfg, spec, stage, train, targets, loss, self.splits.val, predict, workdir, loggers
+                        self.cfg,
+                        spec,
+                        stage,
+                        train,
+                        targets,
+                        loss,
+                        self.splits.val,
+                        predict,
+                        workdir,
+                        loggers,
+                        self.cache,
                     )
                     log_summary(loggers, {f"{stage}/test/{k}": v for k, v in record["test"].items()})
                 finally:

@@ -3,6 +3,8 @@ the sets it is asked about. The pipeline decides which model, data and loss."""
 
 from __future__ import annotations
 
+import hashlib
+import resource
 import time
 from pathlib import Path
 
@@ -12,19 +14,87 @@ import pandas as pd
 import torch
 from hydra.utils import instantiate
 
-from w2s_lightning.data.batches import encode, inference_loader, train_loader
+from w2s_lightning.cache import StageCache, stage_key
+from w2s_lightning.data.batches import FeatureExamples, encode, inference_loader, train_loader
 from w2s_lightning.losses import Loss
 from w2s_lightning.metrics import binary_metrics
-from w2s_lightning.models.backbone import load_tokenizer
+from w2s_lightning.models.backbone import MODEL_TYPE_PREFIX, load_tokenizer
 from w2s_lightning.models.system import ClassifierSystem
 
+# The catalogue fields that determine a frozen backbone's pooled features.
+FEATURE_FIELDS = ("pretrained", "tokenizer", "from_scratch", "config_overrides", "pooling", "max_length", "dropout")
 
-def predict_probs(trainer: L.Trainer, system: ClassifierSystem, examples, batch_size: int, pad_id: int) -> np.ndarray:
-    batches = trainer.predict(system, inference_loader(examples, batch_size, pad_id))
-    probs = np.empty(len(examples), dtype=np.float64)
-    for index, p in batches:
-        probs[index.numpy()] = p.float().numpy()
-    return probs
+
+def run_predict(trainer: L.Trainer, system: ClassifierSystem, examples, batch_size: int, pad_id: int) -> np.ndarray:
+    """Predictions in dataset order (inference runs in length order)."""
+    out = None
+    for index, values in trainer.predict(system, inference_loader(examples, batch_size, pad_id)):
+        if out is None:
+            out = np.empty((len(examples), *values.shape[1:]), dtype=np.float32)
+        out[index.numpy()] = values.float().numpy()
+    return out
+
+
+def peak_memory() -> dict:
+    """Peak GPU memory allocated during the stage, or the process's peak resident memory so far."""
+    if torch.cuda.is_available():
+        return {"peak_gpu_bytes": torch.cuda.max_memory_allocated()}
+    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+class Inputs:
+    """Turns texts into what the model trains on: token ids, or for a linear probe the frozen
+    backbone's pooled features, computed once per (model, texts) and cached like a stage, so
+    a sweep of probes never runs a backbone twice on the same data."""
+
+    def __init__(self, cfg, spec, system: ClassifierSystem, trainer: L.Trainer, cache: StageCache | None, stage: str):
+        self.cfg, self.spec, self.system, self.trainer, self.cache, self.stage = (
+            cfg,
+            spec,
+            system,
+            trainer,
+            cache,
+            stage,
+        )
+        self.tokenizer = load_tokenizer(spec)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.truncated_fraction = 0.0
+
+    def __call__(self, texts: pd.Series, targets, split: str):
+        keep_end = self.system.model.pooling == "last"
+        encoded = encode(texts, self.tokenizer, self.spec.max_length, targets, keep_end, f"{self.stage}/{split}")
+        if split == "train":
+            self.truncated_fraction = encoded.truncated_fraction
+        if not self.spec.linear_probe:
+            return encoded
+        return FeatureExamples(self.features(texts, encoded), targets)
+
+    def features(self, texts: pd.Series, encoded) -> torch.Tensor:
+        model = {k: self.spec[k] for k in FEATURE_FIELDS}
+        random_weights = self.spec.from_scratch or self.spec.pretrained.startswith(MODEL_TYPE_PREFIX)
+        digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
+        key = stage_key(
+            "features",
+            {
+                "model": model,
+                "texts": digest,
+                "precision": str(self.cfg.trainer.precision),
+                "seed": self.cfg.seed if random_weights else None,
+            },
+        )
+
+        def compute(workdir: Path) -> dict:
+            self.system.predict_features = True
+            try:
+                feats = run_predict(self.trainer, self.system, encoded, self.spec.eval_batch_size, self.pad_id)
+            finally:
+                self.system.predict_features = False
+            torch.save(torch.from_numpy(feats), workdir / "features.pt")
+            return {"model": self.spec.name, "n": len(texts), "test": {}}
+
+        cache = self.cache or StageCache(Path(self.trainer.default_root_dir) / "features", enabled=False)
+        result = cache.run("features", key, compute)
+        return torch.load(result.path / "features.pt")
 
 
 def fit_predict(
@@ -38,6 +108,7 @@ def fit_predict(
     predict: dict[str, pd.DataFrame],
     workdir: Path,
     loggers: list,
+    cache: StageCache | None = None,
 ) -> dict:
     """Train on (`train`, `targets`), then write `<name>.parquet` (id, prob, label) for every
     frame in `predict`. Returns the stage record; test metrics come from `predict['test']`."""
@@ -45,19 +116,19 @@ def fit_predict(
     system = ClassifierSystem(
         spec, loss, instantiate(cfg.optimizer), cfg.train.warmup_ratio, cfg.train.grad_clip, stage
     )
-    tokenizer = load_tokenizer(spec)
-    keep_end = system.model.pooling == "last"
-    encoded = encode(train["text"], tokenizer, spec.max_length, targets, keep_end, f"{stage}/train")
-    val_encoded = encode(val["text"], tokenizer, spec.max_length, val["label"], keep_end, f"{stage}/val")
-    pad_id = tokenizer.pad_token_id
     trainer = instantiate(
         cfg.trainer, max_epochs=cfg.train.epochs, logger=loggers or False, default_root_dir=str(workdir)
     )
+    inputs = Inputs(cfg, spec, system, trainer, cache, stage)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    train_examples = inputs(train["text"], targets, "train")
+    val_examples = inputs(val["text"], val["label"], "val")
     start = time.perf_counter()
     trainer.fit(
         system,
-        train_loader(encoded, spec.batch_size, pad_id, cfg.seed, cfg.train.group_by_length),
-        inference_loader(val_encoded, spec.eval_batch_size, pad_id),
+        train_loader(train_examples, spec.batch_size, inputs.pad_id, cfg.seed, cfg.train.group_by_length),
+        inference_loader(val_examples, spec.eval_batch_size, inputs.pad_id),
     )
     train_seconds = time.perf_counter() - start
     record = {
@@ -65,19 +136,19 @@ def fit_predict(
         "n_train": len(train),
         "train_seconds": train_seconds,
         "train_examples_per_s": cfg.train.epochs * len(train) / train_seconds,
-        "truncated_fraction": encoded.truncated_fraction,
+        "truncated_fraction": inputs.truncated_fraction,
         "val": {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if "/val/" in k},
     }
     start = time.perf_counter()
     for name, frame in predict.items():
-        examples = encode(frame["text"], tokenizer, spec.max_length, frame["label"], keep_end, f"{stage}/{name}")
-        probs = predict_probs(trainer, system, examples, spec.eval_batch_size, pad_id)
-        pd.DataFrame({"id": frame["id"], "prob": probs, "label": frame["label"]}).to_parquet(
-            workdir / f"{name}.parquet"
-        )
+        examples = inputs(frame["text"], frame["label"], name)
+        probs = run_predict(trainer, system, examples, spec.eval_batch_size, inputs.pad_id).astype(np.float64)
+        predictions = pd.DataFrame({"id": frame["id"], "prob": probs, "label": frame["label"]})
+        predictions.to_parquet(workdir / f"{name}.parquet")
         if name == "test":
             record["test"] = binary_metrics(probs, frame["label"].to_numpy())
     record["predict_seconds"] = time.perf_counter() - start
+    record.update(peak_memory())
     if cfg.save_weights:
         torch.save(system.model.trainable_state_dict(), workdir / "weights.pt")
     return record

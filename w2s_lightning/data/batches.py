@@ -30,6 +30,24 @@ class EncodedExamples(Dataset):
         return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self))
 
 
+class FeatureExamples(Dataset):
+    """Pooled features of a frozen backbone (linear probes), with the same targets and batching."""
+
+    def __init__(self, features: torch.Tensor, targets):
+        self.features = features
+        self.targets = np.asarray(targets, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, float, int]:
+        return self.features[i], float(self.targets[i]), i
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.ones(len(self), dtype=np.int64)
+
+
 def encode(texts, tokenizer, max_length: int, targets, keep_end: bool, split: str = "") -> EncodedExamples:
     """Truncate rather than drop long examples, and say how many were cut. Models pooled at
     the last token (`keep_end`) keep the end of a long text, where a prompt's question is."""
@@ -80,18 +98,16 @@ class Collate:
 
     def __call__(self, rows) -> dict[str, torch.Tensor]:
         ids, targets, index = zip(*rows)
+        common = {"target": torch.tensor(targets, dtype=torch.float32), "index": torch.tensor(index)}
+        if isinstance(ids[0], torch.Tensor):
+            return {"features": torch.stack(ids), **common}
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)
         for row, x in enumerate(ids):
             input_ids[row, : len(x)] = torch.tensor(x)
             mask[row, : len(x)] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": mask,
-            "target": torch.tensor(targets, dtype=torch.float32),
-            "index": torch.tensor(index),
-        }
+        return {"input_ids": input_ids, "attention_mask": mask, **common}
 
 
 def train_loader(

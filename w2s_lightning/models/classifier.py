@@ -59,9 +59,15 @@ class Classifier(nn.Module):
             # Non-reentrant checkpointing works with frozen embeddings and keeps dropout as configured.
             self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(pool(hidden, attention_mask, self.pooling).to(self.head.weight.dtype))
+        return pool(hidden, attention_mask, self.pooling)
+
+    def forward(self, input_ids=None, attention_mask=None, features=None) -> torch.Tensor:
+        """Logits from token ids, or from precomputed pooled `features` (linear probes)."""
+        if features is None:
+            features = self.pooled(input_ids, attention_mask)
+        return self.head(features.to(self.head.weight.dtype))
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what training changed: the head, plus adapters under LoRA or everything under

@@ -14,6 +14,8 @@ from w2s_lightning.losses import Loss
 from w2s_lightning.metrics import binary_metrics
 from w2s_lightning.models.classifier import Classifier
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "features")
+
 
 class ClassifierSystem(L.LightningModule):
     def __init__(
@@ -37,16 +39,17 @@ class ClassifierSystem(L.LightningModule):
         self.warmup_ratio, self.grad_clip, self.stage = warmup_ratio, grad_clip, stage
         self.micro_batch_size = self.spec.micro_batch_size or self.spec.batch_size
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.predict_features = False
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, attention_mask)
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
 
     def progress(self) -> float:
         total = max(1, self.trainer.estimated_stepping_batches)
         return min(1.0, self.global_step / total)
 
     def _chunks(self, batch: dict) -> list[dict]:
-        n = batch["input_ids"].shape[0]
+        n = batch["target"].shape[0]
         return [
             {k: v[i : i + self.micro_batch_size] for k, v in batch.items()} for i in range(0, n, self.micro_batch_size)
         ]
@@ -57,11 +60,11 @@ class ClassifierSystem(L.LightningModule):
         context = None
         if self.loss.needs_batch_context and len(chunks) > 1:
             with torch.no_grad():
-                probs = torch.cat([self(c["input_ids"], c["attention_mask"]).float().softmax(-1)[:, 1] for c in chunks])
+                probs = torch.cat([self(c).float().softmax(-1)[:, 1] for c in chunks])
             context = self.loss.batch_context(probs, batch["target"])
         total = 0.0
         for chunk in chunks:
-            logits = self(chunk["input_ids"], chunk["attention_mask"])
+            logits = self(chunk)
             loss = self.loss(logits, chunk["target"], progress, context) * (chunk["target"].shape[0] / n)
             self.manual_backward(loss)
             total += loss.detach()
@@ -83,7 +86,7 @@ class ClassifierSystem(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch["input_ids"], batch["attention_mask"])
+        logits = self(batch)
         self._val_outputs.append((logits.float().softmax(-1)[:, 1].cpu(), batch["target"].cpu()))
 
     def on_validation_epoch_end(self) -> None:
@@ -95,8 +98,10 @@ class ClassifierSystem(L.LightningModule):
         self.log_dict({f"{self.stage}/val/{k}": v for k, v in metrics.items()})
 
     def predict_step(self, batch: dict, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        return batch["index"], logits.float().softmax(-1)[:, 1]
+        """p(label = 1) per example, or with `predict_features` the pooled features."""
+        if self.predict_features:
+            return batch["index"], self.model.pooled(batch["input_ids"], batch["attention_mask"]).float()
+        return batch["index"], self(batch).float().softmax(-1)[:, 1]
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
