@@ -19,6 +19,14 @@ def read_results(cfg) -> dict:
     return json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """The base tiny experiment, trained once per module: its results and a filled cache."""
+    cfg = compose_cfg(tmp_path_factory.mktemp("base"))
+    run(cfg)
+    return cfg
+
+
 def test_experiment_writes_results_labels_and_disjoint_splits(make_cfg):
     cfg = make_cfg("logger=csv")
     returned = run(cfg)
@@ -57,43 +65,32 @@ def test_experiment_writes_results_labels_and_disjoint_splits(make_cfg):
     assert "pgr" in pd.read_csv(out / "csv" / "metrics" / "metrics.csv").columns or results["pgr"] is None
 
 
-def test_rerun_reuses_every_stage_with_identical_outputs(make_cfg):
-    first = make_cfg(run="first")
-    run(first)
+def test_rerun_reuses_every_stage_with_identical_outputs(make_cfg, base_run):
     second = make_cfg(run="second")
+    shutil.copytree(base_run.paths.cache_dir, second.paths.cache_dir)
     run(second)
-    a, b = read_results(first), read_results(second)
+    a, b = read_results(base_run), read_results(second)
     for stage in ("weak", "ceiling", "student"):
         assert b[stage]["cached"] is True
         assert b[stage]["key"] == a[stage]["key"]
         assert b[stage]["acc"] == a[stage]["acc"] and b[stage]["auroc"] == a[stage]["auroc"]
     assert b["pgr"] == a["pgr"]
-    labels_a = pd.read_parquet(Path(first.paths.output_dir) / "weak_labels.parquet")
+    labels_a = pd.read_parquet(Path(base_run.paths.output_dir) / "weak_labels.parquet")
     labels_b = pd.read_parquet(Path(second.paths.output_dir) / "weak_labels.parquet")
     pd.testing.assert_frame_equal(labels_a, labels_b)
 
 
-def test_uncached_rerun_reproduces_the_same_numbers(make_cfg):
+def test_uncached_rerun_reproduces_the_same_numbers(make_cfg, base_run):
     """Seeding makes a stage's result a function of its config, which is what makes
     the cache (and resuming a killed sweep) return what a fresh run would."""
-    first = make_cfg("cache.enabled=false", run="first")
-    second = make_cfg("cache.enabled=false", run="second")
-    run(first)
-    run(second)
-    a, b = read_results(first), read_results(second)
+    again = make_cfg("cache.enabled=false")
+    run(again)
+    a, b = read_results(base_run), read_results(again)
     for stage in ("weak", "ceiling", "student"):
         assert b[stage]["cached"] is False
+        assert b[stage]["key"] == a[stage]["key"]
         assert b[stage]["acc"] == a[stage]["acc"]
         assert b[stage]["auroc"] == pytest.approx(a[stage]["auroc"], abs=1e-12)
-
-
-@pytest.fixture(scope="module")
-def filled_cache(tmp_path_factory) -> Path:
-    """A cache holding every stage of the base tiny experiment, trained once per module."""
-    root = tmp_path_factory.mktemp("base")
-    cfg = compose_cfg(root)
-    run(cfg)
-    return Path(cfg.paths.cache_dir)
 
 
 @pytest.mark.parametrize(
@@ -109,22 +106,23 @@ def filled_cache(tmp_path_factory) -> Path:
         ("name=another_study", set()),
     ],
 )
-def test_cache_misses_exactly_when_a_relevant_setting_changes(make_cfg, filled_cache, tmp_path, override, missed):
+def test_cache_misses_exactly_when_a_relevant_setting_changes(make_cfg, base_run, override, missed):
     changed = make_cfg(override, run="changed")
-    shutil.copytree(filled_cache, changed.paths.cache_dir)
+    shutil.copytree(base_run.paths.cache_dir, changed.paths.cache_dir)
     run(changed)
     results = read_results(changed)
     assert {s for s in ("weak", "ceiling", "student") if not results[s]["cached"]} == missed
 
 
-def test_force_retrain_replaces_entries(make_cfg):
-    run(make_cfg(run="base"))
+def test_force_retrain_replaces_entries(make_cfg, base_run):
     forced = make_cfg("cache.force_retrain=true", run="forced")
+    shutil.copytree(base_run.paths.cache_dir, forced.paths.cache_dir)
     run(forced)
     results = read_results(forced)
     assert not any(results[s]["cached"] for s in ("weak", "ceiling", "student"))
     cache = StageCache(forced.paths.cache_dir)
     assert cache.lookup("weak", results["weak"]["key"]) is not None
+    assert not list(Path(forced.paths.cache_dir).glob("*/.*.tmp-*")), "a temporary folder was left behind"
 
 
 def test_pairs_whose_strong_model_is_not_larger_are_skipped_visibly(make_cfg, caplog):
@@ -163,8 +161,8 @@ def test_wandb_offline_runs_land_in_the_output_folder(make_cfg, monkeypatch, tmp
 def test_gradient_accumulation_matches_the_full_batch(make_cfg):
     """Micro-batches of 4 accumulate to the same update as one batch of 16, logconf's batch
     statistic included, so predictions agree up to float summation order."""
-    full = make_cfg("loss=logconf", "cache.enabled=false", run="full")
-    micro = make_cfg("loss=logconf", "cache.enabled=false", "strong_model.micro_batch_size=4", run="micro")
+    full = make_cfg("loss=logconf", run="full")
+    micro = make_cfg("loss=logconf", "strong_model.micro_batch_size=4", run="micro")  # reuses the weak stage
     run(full)
     run(micro)
     probs = [
