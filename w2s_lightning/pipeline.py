@@ -34,7 +34,6 @@ RUNTIME_ONLY_TRAINER_KEYS = {
     "default_root_dir",
     "enable_checkpointing",
     "callbacks",
-    "devices",
 }
 
 
