@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import resource
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -28,7 +29,11 @@ FEATURE_FIELDS = ("pretrained", "tokenizer", "from_scratch", "config_overrides",
 def run_predict(trainer: L.Trainer, system: ClassifierSystem, examples, batch_size: int, pad_id: int) -> np.ndarray:
     """Predictions in dataset order (inference runs in length order)."""
     out = None
-    for index, values in trainer.predict(system, inference_loader(examples, batch_size, pad_id)):
+    with warnings.catch_warnings():
+        # Lightning cannot see that FixedBatches yields every index; it does, by construction.
+        warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
+        batches = trainer.predict(system, inference_loader(examples, batch_size, pad_id))
+    for index, values in batches:
         if out is None:
             out = np.empty((len(examples), *values.shape[1:]), dtype=np.float32)
         out[index.numpy()] = values.float().numpy()

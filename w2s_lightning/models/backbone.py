@@ -32,11 +32,11 @@ def resolve_source(source: str) -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / subdir)
 
 
-def _hub_error(what: str, source: str, slot_hint: str, err: Exception) -> ModelLoadError:
+def _hub_error(what: str, source: str, key: str, err: Exception) -> ModelLoadError:
     return ModelLoadError(
         f"could not load the {what} '{source}': {err}. If this machine is offline, download it "
         f"elsewhere (huggingface-cli download {source}) and point the catalogue entry at the "
-        f"folder, e.g. {slot_hint}=/path/to/{source.split('/')[-1]}"
+        f"folder, e.g. strong_model.{key}=/path/to/{source.split('/')[-1]} (or weak_model.{key})"
     )
 
 
@@ -49,7 +49,7 @@ def load_config(spec) -> PretrainedConfig:
         try:
             config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code, **overrides)
         except OSError as err:
-            raise _hub_error("model config", spec.pretrained, "weak_model.pretrained", err) from err
+            raise _hub_error("model config", spec.pretrained, "pretrained", err) from err
     if spec.dropout is not None:
         for key, value in config.to_dict().items():
             if key.endswith(DROPOUT_SUFFIXES) and isinstance(value, float):
@@ -67,7 +67,7 @@ def load_tokenizer(spec):
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolve_source(source), trust_remote_code=spec.trust_remote_code)
     except OSError as err:
-        raise _hub_error("tokenizer", source, "weak_model.tokenizer", err) from err
+        raise _hub_error("tokenizer", source, "tokenizer", err) from err
     if tokenizer.pad_token is None:
         # GPT-2 and most decoders ship no pad token; pooling reads the attention mask, so
         # which id fills the padding does not matter.
@@ -83,4 +83,4 @@ def load_backbone(spec, config: PretrainedConfig | None = None):
     try:
         return AutoModel.from_pretrained(source, config=config, trust_remote_code=spec.trust_remote_code)
     except OSError as err:
-        raise _hub_error("model weights", spec.pretrained, "weak_model.pretrained", err) from err
+        raise _hub_error("model weights", spec.pretrained, "pretrained", err) from err
