@@ -104,6 +104,7 @@ def test_uncached_rerun_reproduces_the_same_numbers(make_cfg, base_run):
         ("logger=csv", set()),
         ("trainer.enable_progress_bar=true", set()),
         ("name=another_study", set()),
+        ("strong_model.notes=measured_on_a_100", set()),
     ],
 )
 def test_cache_misses_exactly_when_a_relevant_setting_changes(make_cfg, base_run, override, missed):

@@ -37,8 +37,24 @@ RUNTIME_ONLY_TRAINER_KEYS = {
 }
 
 
+# Keys that say where something is read from or describe it, not what a stage computes: a hub
+# dataset read from a local copy, or a model file's memory notes, keep their cache entries.
+NOT_IN_KEYS = {"local_path", "notes"}
+
+
 def plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def key_view(node) -> dict:
+    """The resolved config without the keys in NOT_IN_KEYS, at any depth."""
+
+    def drop(value):
+        if isinstance(value, dict):
+            return {k: drop(v) for k, v in value.items() if k not in NOT_IN_KEYS}
+        return value
+
+    return drop(plain(node))
 
 
 def pair_skip_reason(cfg: DictConfig) -> str | None:
@@ -62,7 +78,7 @@ class Experiment:
         )
         trainer = {k: v for k, v in plain(cfg.trainer).items() if k not in RUNTIME_ONLY_TRAINER_KEYS}
         self.common = {
-            "dataset": plain(cfg.dataset),
+            "dataset": key_view(cfg.dataset),
             "seed": cfg.seed,
             "train": plain(cfg.train),
             "optimizer": plain(cfg.optimizer),
@@ -84,7 +100,7 @@ class Experiment:
         ]
 
     def stage(self, stage: str, spec, key_extra: dict, train: pd.DataFrame, targets, loss, predict) -> StageResult:
-        key = stage_key(stage, {**self.common, "model": plain(spec), **key_extra})
+        key = stage_key(stage, {**self.common, "model": key_view(spec), **key_extra})
         result = self.cache.lookup(stage, key)
         if result is None:
             log.info("stage %s: training %s on %d examples (key %s)", stage, spec.name, len(train), key)
