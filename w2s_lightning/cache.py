@@ -66,7 +66,7 @@ class StageCache:
         final.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(final) + ".lock"):
             # Another job may have finished it while this one waited for the lock.
-            if (hit := self.lookup(stage, key)) and not self.force_retrain:
+            if hit := self.lookup(stage, key):
                 return hit
             tmp = final.parent / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()

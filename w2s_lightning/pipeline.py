@@ -101,32 +101,21 @@ class Experiment:
 
     def stage(self, stage: str, spec, key_extra: dict, train: pd.DataFrame, targets, loss, predict) -> StageResult:
         key = stage_key(stage, {**self.common, "model": key_view(spec), **key_extra})
-        result = self.cache.lookup(stage, key)
-        if result is None:
+
+        def compute(workdir: Path) -> dict:
+            # Only reached when no finished copy exists, also after waiting for another job's lock.
             log.info("stage %s: training %s on %d examples (key %s)", stage, spec.name, len(train), key)
+            loggers = self.loggers(stage)
+            try:
+                record = fit_predict(
+                    self.cfg, spec, stage, train, targets, loss, self.splits.val, predict, workdir, loggers, self.cache
+                )
+                log_summary(loggers, {f"{stage}/test/{k}": v for k, v in record["test"].items()})
+            finally:
+                close(loggers)
+            return record
 
-            def compute(workdir: Path) -> dict:
-                loggers = self.loggers(stage)
-                try:
-                    record = fit_predict(
-                        self.cfg,
-                        spec,
-                        stage,
-                        train,
-                        targets,
-                        loss,
-                        self.splits.val,
-                        predict,
-                        workdir,
-                        loggers,
-                        self.cache,
-                    )
-                    log_summary(loggers, {f"{stage}/test/{k}": v for k, v in record["test"].items()})
-                finally:
-                    close(loggers)
-                return record
-
-            result = self.cache.run(stage, key, compute)
+        result = self.cache.run(stage, key, compute)
         if result.cached:
             log.info("stage %s: reusing %s from the cache (%s)", stage, spec.name, result.path)
             loggers = self.loggers(stage, ("cached",))

@@ -53,14 +53,8 @@ class Inputs:
     a sweep of probes never runs a backbone twice on the same data."""
 
     def __init__(self, cfg, spec, system: ClassifierSystem, trainer: L.Trainer, cache: StageCache | None, stage: str):
-        self.cfg, self.spec, self.system, self.trainer, self.cache, self.stage = (
-            cfg,
-            spec,
-            system,
-            trainer,
-            cache,
-            stage,
-        )
+        self.cfg, self.spec, self.stage = cfg, spec, stage
+        self.system, self.trainer, self.cache = system, trainer, cache
         self.tokenizer = load_tokenizer(spec)
         self.pad_id = self.tokenizer.pad_token_id
         self.truncated_fraction = 0.0
