@@ -3,20 +3,23 @@
 python train.py                                   # the embedded default, offline
 python train.py weak_model=gpt2 strong_model=gpt2_large dataset=sciq loss=logconf
 python train.py -m weak_model=tiny_bert strong_model=tiny_gpt2 seed=0,1
+
+A mistake in the input (a knob out of range, a bad data file) prints one line, `error: ...`,
+that names the fix, and exits with status 2; in a sweep the other jobs go on.
 """
 
 import hydra
 from omegaconf import DictConfig
 
 from w2s_lightning import config
-from w2s_lightning.pipeline import run
+from w2s_lightning.cli import main_task
 
 config.setup()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return run(cfg)
+    return main_task(cfg)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def measure_padding(cfg: DictConfig) -> dict:
         "eval_batch_size": spec.eval_batch_size,
     }
     for name, frame in sets.items():
-        examples = encode(frame["text"], tokenizer, spec.max_length, frame["label"].to_numpy(float), keep_end, name)
+        examples = encode(frame, tokenizer, spec.max_length, frame["label"].to_numpy(float), keep_end, name)
         result[name] = waste(examples, spec.batch_size, spec.eval_batch_size, tokenizer.pad_token_id, cfg.seed)
         result[name]["truncated_fraction"] = examples.truncated_fraction
     return result

@@ -33,7 +33,15 @@ def stage_inputs(cfg, splits, stage: str, workdir: Path) -> dict:
     else:
         weak_probs = pd.read_parquet(workdir / "weak" / "b.parquet")["prob"].to_numpy()
         spec, train, targets, loss, predict = cfg.strong_model, b, weak_probs, instantiate(cfg.loss), {}
-    return {"spec": spec, "train": train, "targets": targets, "loss": loss, "predict": {**predict, "test": test}}
+    slot = "weak_model" if stage == "weak" else "strong_model"
+    return {
+        "spec": spec,
+        "slot": slot,
+        "train": train,
+        "targets": targets,
+        "loss": loss,
+        "predict": {**predict, "test": test},
+    }
 
 
 def status_kib(field: str) -> int:

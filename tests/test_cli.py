@@ -156,3 +156,29 @@ def test_a_run_killed_mid_stage_resumes_and_matches_an_uninterrupted_run(tmp_pat
         assert resumed[stage]["acc"] == uninterrupted[stage]["acc"]
         assert resumed[stage]["auroc"] == pytest.approx(uninterrupted[stage]["auroc"], abs=1e-12)
     assert resumed["pgr"] == uninterrupted["pgr"]
+
+
+def test_a_diverged_run_exits_non_zero_with_one_line_and_no_traceback(tmp_path):
+    proc = subprocess.run(
+        train_cmd(tmp_path, "strong_model.lr=1e6"), cwd=tmp_path, env=env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert "error: stage ceiling: the training loss of tiny_gpt2 is nan" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    [results] = results_in(tmp_path / "outputs" / "runs")
+    assert results["status"] == "failed" and results["failed_stage"] == "ceiling"
+
+
+@pytest.mark.slow
+def test_a_sweep_over_a_loss_parameter_reports_one_row_per_value(tmp_path):
+    models = ["weak_model=tiny_bert", "strong_model=tiny_gpt2"]
+    cmd = train_cmd(tmp_path, *models, "loss=logconf", "loss.aux_coef=0.25,0.75", multirun=True)
+    subprocess.run(cmd, check=True, cwd=tmp_path, env=env(), capture_output=True)
+    [sweep] = list((tmp_path / "outputs" / "multirun").glob("*/*"))
+    results = results_in(sweep)
+    assert sorted(r["loss"] for r in results) == ["logconf", "logconf(aux_coef=0.25)"]
+    assert sum(not r["weak"]["cached"] for r in results) == 1 and sum(not r["ceiling"]["cached"] for r in results) == 1
+    rows = pd.read_csv(sweep / "summary.csv").groupby("loss").size()
+    assert rows.to_dict() == {"logconf": 1, "logconf(aux_coef=0.25)": 1}
+    report = (sweep / "report.md").read_text()
+    assert "logconf(aux_coef=0.25)" in report

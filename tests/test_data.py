@@ -48,7 +48,7 @@ def test_splits_are_disjoint_and_test_is_fixed_across_seeds():
 
 def test_a_given_test_split_is_used_for_test_only():
     frames = toy_frames()
-    frames["test"] = toy_frames(30)["train"].assign(id=lambda f: "t" + f["id"])
+    frames["test"] = toy_frames(30)["train"].assign(id=lambda f: "t" + f["id"], text=lambda f: "held out " + f["text"])
     splits = make_splits(frames, split_cfg(), seed=0)
     assert splits.test["id"].str.startswith("t").all()
     assert not any(frame["id"].str.startswith("t").any() for name, frame in splits.items() if name != "test")
@@ -78,7 +78,7 @@ def test_local_loader_reads_jsonl_csv_parquet(tmp_path):
     pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
     for path in (write(tmp_path / "d.jsonl", rows), tmp_path / "d.csv", tmp_path / "d.parquet"):
         frame = load_local(str(path), text_column="sentence", label_column="y")["train"]
-        assert list(frame.columns) == ["id", "text", "label"]
+        assert list(frame.columns) == ["id", "text", "label", "group"]
         assert frame["label"].tolist() == [i % 2 for i in range(10)]
 
 
@@ -88,9 +88,17 @@ def test_local_loader_reads_jsonl_csv_parquet(tmp_path):
         (None, {}, r"missing\.jsonl does not exist; fix: set dataset.path"),
         ([{"text": "a", "y": 1}], {}, r"no column 'label'.*fix: set dataset.label_column"),
         ([{"body": "a", "label": 1}], {}, r"no column 'text'.*fix: set dataset.text_column"),
-        ([{"text": "a", "label": 2}], {}, r"labels 0 or 1, found \[2\].*fix: map your classes"),
-        ([{"text": "a", "label": "pos"}], {}, r"labels 0 or 1, found \['pos'\]"),
-        ([{"text": "  ", "label": 1}, {"text": "b", "label": 0}], {}, r"'text' is empty in 1 rows.*fix: drop or fill"),
+        (
+            [{"text": "a", "label": 2}],
+            {},
+            r"'label' holds a number other than 0 or 1 in line 1.*fix: map your",
+        ),
+        ([{"text": "a", "label": "pos"}], {}, r"column 'label' holds a value that is not 0 or 1 in line 1"),
+        (
+            [{"text": "  ", "label": 1}, {"text": "b", "label": 0}],
+            {},
+            r"'text' is empty in line 1 \(1 row in all\); fix: drop or fill",
+        ),
         ([{"text": "a", "label": 1}], {"id_column": "uid"}, r"no column 'uid'"),
     ],
 )

@@ -24,7 +24,6 @@ from omegaconf import OmegaConf
 from w2s_lightning.data import hub
 from w2s_lightning.data.formatters import FORMATTERS, Example, Formatter, each_option, get_formatter
 from w2s_lightning.data.sources import DatasetError
-from w2s_lightning.data.splits import make_splits
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
@@ -116,7 +115,7 @@ def test_fixture_rows_load_into_the_contract(name, tmp_path):
     frames = load(name, local_path=str(fixture_copy(tmp_path, name)))
     assert set(frames) == {"train", "test"}
     for split, frame in frames.items():
-        assert list(frame.columns) == ["id", "text", "label"], split
+        assert {"id", "text", "label", "group"} <= set(frame.columns), split
         assert frame["id"].map(type).eq(str).all() and frame["text"].map(type).eq(str).all()
         assert frame["text"].str.strip().ne("").all()
         assert set(frame["label"]) == {0, 1}, f"{name} {split}: fixtures must give both labels"
@@ -124,10 +123,14 @@ def test_fixture_rows_load_into_the_contract(name, tmp_path):
     assert len(ids) == len(set(ids))
     again = load(name, local_path=str(tmp_path))
     assert all(frames[s].equals(again[s]) for s in frames), "ids, texts and labels must be stable across loads"
-    # The pipeline's splitter takes them as they are (balanced, tiny sizes).
-    sizes = OmegaConf.create({**CONFIGS[name], "n_weak": 1, "n_strong": 1, "n_val": 0, "n_test": 2})
-    splits = make_splits(frames, sizes, seed=0)
-    assert len(splits.a) == len(splits.b) == 1 and len(splits.test) == 2
+    # Cuttable slots are marked where the formatter declares one, and the span is that slot.
+    fmt = get_formatter(CONFIGS[name]["loader"]["formatter"])
+    train = frames["train"]
+    if fmt.cut is None:
+        assert (train["cut_start"] < 0).all()
+    else:
+        spans = [text[s:e] for text, s, e in zip(train["text"], train["cut_start"], train["cut_end"])]
+        assert all(span and span == span.strip() for span in spans)
 
 
 def test_save_to_disk_and_parquet_copies_load_like_jsonl(tmp_path):

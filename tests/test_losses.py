@@ -93,3 +93,18 @@ def test_logconf_under_accumulation_equals_the_full_batch_loss():
     assert (sum(halves) / 2).item() == pytest.approx(full.item(), abs=1e-6)
     alone = [loss(logits[i : i + 8], target[i : i + 8], 0.5) for i in (0, 8)]
     assert (sum(alone) / 2).item() != pytest.approx(full.item(), abs=1e-6)
+
+
+def test_logconf_on_a_one_example_batch_hardens_to_the_students_own_argmax():
+    # A quantile of one value is that value: with `>=` the hardened label would always be 1.
+    loss = LogConfidence(aux_coef=1.0, warmup_frac=0.0)
+    confident_no = torch.tensor([[2.0, 0.0]])
+    assert loss.batch_context(torch.softmax(confident_no, -1)[:, 1], torch.tensor([0.9]))["threshold"] == 0.5
+    # Target = hard(student) = 0, so the loss is the student's own cross-entropy towards class 0.
+    assert loss(confident_no, torch.tensor([0.9]), 1.0).item() == pytest.approx(-math.log(1 - p1([2.0, 0.0])))
+
+
+def test_a_loss_label_names_its_non_default_parameters():
+    assert LogConfidence().label == "logconf" and CrossEntropy().label == "xent"
+    assert LogConfidence(aux_coef=0.5).label == "logconf(aux_coef=0.5)"
+    assert Product(alpha=2.0, warmup_frac=0.3).label == "product(alpha=2.0, warmup_frac=0.3)"

@@ -120,3 +120,12 @@ def test_the_pipeline_trains_with_checkpointing_and_accumulation(make_cfg):
     run(cfg)
     results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
     assert results["status"] == "done" and 0 <= results["student"]["acc"] <= 1
+
+
+def test_head_and_logits_stay_float32_under_bf16_autocast():
+    model = Classifier(spec("tiny_bert"))
+    ids = torch.tensor([[101, 2000, 2001, 102]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        assert model.head(torch.ones(1, 32)).dtype == torch.bfloat16  # autocast is on: a bare head call is bf16
+    assert logits.dtype == torch.float32

@@ -48,13 +48,15 @@ def test_experiment_writes_results_labels_and_disjoint_splits(make_cfg):
     assert len(labels) == cfg.dataset.n_strong
     assert labels["weak_prob"].between(0, 1).all()
 
-    splits = {k: set(v) for k, v in json.loads((out / "splits.json").read_text()).items()}
+    saved = json.loads((out / "splits.json").read_text())
     sizes = {"a": cfg.dataset.n_weak, "b": cfg.dataset.n_strong, "val": cfg.dataset.n_val, "test": cfg.dataset.n_test}
+    splits = {k: set(saved[k]) for k in sizes}
     assert {k: len(v) for k, v in splits.items()} == sizes
     names = list(splits)
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
             assert not splits[first] & splits[second], f"{first} and {second} overlap"
+            assert not set(saved["items"][first]) & set(saved["items"][second]), f"{first} and {second} share items"
     assert set(labels["id"]) == splits["b"]
 
     # One CSV log per stage, with the stage-prefixed test metrics in it.
@@ -185,3 +187,15 @@ def test_linear_probes_compute_each_models_features_once(make_cfg):
     assert not read_results(second)["student"]["cached"]
     after = sorted((Path(first.paths.cache_dir) / "features").glob("*/features.pt"))
     assert {p: p.stat().st_mtime_ns for p in after} == stamps
+
+
+def test_results_json_is_strict_json_with_null_for_undefined_numbers(tmp_path):
+    from w2s_lightning.pipeline import write_results
+
+    write_results(tmp_path, {"weak": {"auroc": float("nan")}, "pgr": float("inf"), "ok": 0.5})
+    text = (tmp_path / "results.json").read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}")) == {
+        "weak": {"auroc": None},
+        "pgr": None,
+        "ok": 0.5,
+    }

@@ -2,9 +2,11 @@
 hash of exactly the resolved config that determines them. A stage is written into a
 temporary folder and renamed into place when complete, so a killed job never leaves
 anything that reads as finished; a file lock makes parallel jobs that need the same stage
-train it once while the others wait and read it.
+train it once while the others wait and read it. Each entry's record.json lists the size and
+sha256 of its files; an entry that no longer matches is set aside as `.corrupt-<key>-<time>`
+and recomputed, never read.
 
-    python -m w2s_lightning.cache list  [ROOT]
+    python -m w2s_lightning.cache list  [ROOT] [--stage weak] [--verify]
     python -m w2s_lightning.cache prune [ROOT] [--stage weak] [--older-than-days 30] [--all]
 """
 
@@ -16,25 +18,78 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
 
 # Bump when a change to the code changes what a stage computes, so old entries miss.
 CACHE_VERSION = 1
 RECORD = "record.json"
-DEFAULT_ROOT = Path(".cache/stages")
+HOST = socket.gethostname()
+
+
+def default_root() -> Path:
+    """Where the pipeline puts the cache by default (conf/paths/default.yaml)."""
+    return Path(os.environ.get("W2S_ROOT") or ".") / ".cache" / "stages"
 
 
 def stage_key(stage: str, payload: dict) -> str:
     blob = json.dumps({"stage": stage, "version": CACHE_VERSION, **payload}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksums(folder: Path) -> dict:
+    return {
+        f.relative_to(folder).as_posix(): {"bytes": f.stat().st_size, "sha256": sha256(f)}
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and f.name != RECORD
+    }
+
+
+def check(path: Path, full: bool = True) -> tuple[dict, str | None]:
+    """An entry's record and what is wrong with it (None when intact). Without `full`, sizes
+    are compared but files are not hashed."""
+    try:
+        record = json.loads((path / RECORD).read_text())
+    except FileNotFoundError:
+        return {}, f"{RECORD} is missing"
+    except (OSError, ValueError) as err:
+        return {}, f"{RECORD} is unreadable ({err})"
+    if not isinstance(record, dict):
+        return {}, f"{RECORD} is not a JSON object"
+    files = record.get("files")
+    if not isinstance(files, dict) or not all(isinstance(want, dict) for want in files.values()):
+        return record, f"{RECORD} has no file checksums (written before they were recorded, or edited)"
+    for name, want in sorted(files.items()):
+        file = path / name
+        if not file.is_file():
+            return record, f"{name} is missing"
+        if (size := file.stat().st_size) != want.get("bytes"):
+            return record, f"{name} has {size} bytes, {want.get('bytes')} were recorded"
+        if full and sha256(file) != want.get("sha256"):
+            return record, f"{name} does not match its recorded sha256 (edited or damaged)"
+    return record, None
+
+
+def lock_of(folder: Path) -> Path:
+    """The lock file guarding an entry `<key>` or a temporary `.<key>.tmp-...` of it."""
+    key = folder.name[1:].split(".tmp-")[0] if folder.name.startswith(".") else folder.name
+    return folder.parent / f"{key}.lock"
 
 
 @dataclass
@@ -51,28 +106,55 @@ class StageCache:
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
+    def lock(self, stage: str, key: str) -> FileLock:
+        return FileLock(str(lock_of(self.path(stage, key))))
+
     def lookup(self, stage: str, key: str) -> StageResult | None:
+        """The finished entry if it is intact; a damaged one is set aside and reads as a miss."""
         path = self.path(stage, key)
-        if self.enabled and not self.force_retrain and (path / RECORD).exists():
-            return StageResult(json.loads((path / RECORD).read_text()), path, cached=True)
+        if not self.enabled or self.force_retrain or not path.exists():
+            return None
+        record, problem = check(path)
+        if problem is None:
+            return StageResult(record, path, cached=True)
+        # Judge it again under the lock: a force_retrain job may be swapping this entry right now.
+        with self.lock(stage, key):
+            return self._intact(stage, key)
+
+    def _intact(self, stage: str, key: str) -> StageResult | None:
+        """Under the entry's lock: the entry if intact, else None after setting it aside."""
+        path = self.path(stage, key)
+        if not path.exists():
+            return None
+        record, problem = check(path)
+        if problem is None:
+            return StageResult(record, path, cached=True)
+        aside = path.parent / f".corrupt-{key}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        os.replace(path, aside)
+        log.warning(
+            "stage cache: %s entry %s is damaged: %s; moved it to %s, it will be recomputed", stage, key, problem, aside
+        )
         return None
 
     def run(self, stage: str, key: str, compute: Callable[[Path], dict]) -> StageResult:
         """Return the finished stage, computing it (into a folder it is handed) only if no
-        finished copy exists. `compute` returns the JSON-able record of the stage."""
+        intact finished copy exists. `compute` returns the JSON-able record of the stage."""
         if hit := self.lookup(stage, key):
             return hit
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(final) + ".lock"):
+        # prune treats a temporary as abandoned only when this lock is free, so the temporary
+        # must exist only while the lock is held.
+        with self.lock(stage, key):
             # Another job may have finished it while this one waited for the lock.
-            if hit := self.lookup(stage, key):
+            if self.enabled and not self.force_retrain and (hit := self._intact(stage, key)):
                 return hit
-            tmp = final.parent / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp = final.parent / f".{key}.tmp-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()
             try:
                 record = compute(tmp)
                 record = {**record, "stage": stage, "key": key, "finished_at": time.time()}
+                record["files"] = checksums(tmp)
                 (tmp / RECORD).write_text(json.dumps(record, indent=2))
                 if final.exists():  # force_retrain replaces the old entry
                     shutil.rmtree(final)
@@ -82,52 +164,124 @@ class StageCache:
         return StageResult(record, final, cached=False)
 
 
-def entries(root: Path) -> list[dict]:
+def entries(root: Path, full: bool = False) -> list[dict]:
+    """Every entry with its problem (None when intact); `full` also hashes every file."""
     rows = []
-    for record_path in sorted(root.glob(f"*/*/{RECORD}")):
-        record = json.loads(record_path.read_text())
-        size = sum(f.stat().st_size for f in record_path.parent.rglob("*") if f.is_file())
+    for path in sorted(p for p in root.glob("*/*") if p.is_dir() and not p.name.startswith(".")):
+        record, problem = check(path, full)
         rows.append(
             {
-                "stage": record_path.parent.parent.name,
-                "key": record_path.parent.name,
+                "stage": path.parent.name,
+                "key": path.name,
                 "model": record.get("model", ""),
                 "finished_at": record.get("finished_at", 0),
-                "bytes": size,
-                "path": record_path.parent,
+                "bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
+                "path": path,
+                "problem": problem,
             }
         )
     return rows
 
 
-def stale_temporaries(root: Path) -> list[Path]:
-    """Folders left by killed jobs; never read, safe to delete when no job runs."""
+def temporaries(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("*/.*.tmp-*") if p.is_dir())
+
+
+def owner_alive(tmp: Path) -> bool:
+    """Whether a temporary's name names a live process of this host; a name from another host,
+    or from before names carried one, proves nothing."""
+    parts = tmp.name.split(".tmp-", 1)[-1].rsplit("-", 2)  # host, pid, random
+    if len(parts) < 3 or parts[0] != HOST or not parts[1].isdigit() or int(parts[1]) <= 0:
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another account
+        pass
+    return True
+
+
+def held(lock: Path) -> bool:
+    """Whether some process holds this lock now. A holder keeps its lock file in place, so a
+    missing file is free (and probing it would create one)."""
+    if not lock.exists():
+        return False
+    try:
+        with FileLock(str(lock), timeout=0):
+            return False
+    except Timeout:
+        return True
+
+
+def stale_temporaries(root: Path) -> list[Path]:
+    """Folders left by killed jobs: a running job holds its key's lock for as long as its
+    temporary exists, so a temporary whose lock is free is abandoned."""
+    return [tmp for tmp in temporaries(root) if not held(lock_of(tmp)) and not owner_alive(tmp)]
+
+
+def remove_if_free(lock: Path, folders: list[Path]) -> bool:
+    """Delete `folders` and the lock file while holding the lock; False, deleting nothing,
+    when a running job holds it. filelock makes a waiter that opened the removed file retry."""
+    try:
+        with FileLock(str(lock), timeout=0):
+            for folder in folders:
+                shutil.rmtree(folder, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+    except Timeout:
+        return False
+    return True
+
+
+def prune(root: Path, rows: list[dict], stage: str | None) -> str:
+    """Delete the entries in `rows`, the abandoned temporaries, the set-aside corrupt entries and
+    every lock file nobody holds; nothing whose lock a running job holds is touched."""
+    stages = [root / stage] if stage else [p for p in root.iterdir() if p.is_dir()]
+    doomed: dict[Path, list[Path]] = {lock: [] for s in stages for lock in s.glob("*.lock")}
+    temps = [t for t in temporaries(root) if t.parent in stages and not owner_alive(t)]
+    for folder in [r["path"] for r in rows] + temps:
+        doomed.setdefault(lock_of(folder), []).append(folder)
+    kept = [lock for lock, folders in doomed.items() if not remove_if_free(lock, folders)]
+    removed = sum(len(folders) for lock, folders in doomed.items() if lock not in kept)
+    for aside in (a for s in stages for a in s.glob(".corrupt-*")):
+        shutil.rmtree(aside, ignore_errors=True)
+        removed += 1
+    return f"pruned {removed} folders and the unused lock files under {root}; left {len(kept)} keys in use alone"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m w2s_lightning.cache", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["list", "prune"])
-    parser.add_argument("root", nargs="?", default=str(DEFAULT_ROOT), help="cache root (paths.cache_dir)")
-    parser.add_argument("--stage", help="only this stage (weak, ceiling, student)")
+    parser.add_argument("root", nargs="?", help="cache root (paths.cache_dir); default $W2S_ROOT/.cache/stages")
+    parser.add_argument("--stage", help="only this stage (weak, ceiling, student, features)")
     parser.add_argument("--older-than-days", type=float, help="prune entries finished longer ago than this")
     parser.add_argument("--all", action="store_true", help="prune every entry (with --stage: every entry of it)")
+    parser.add_argument("--verify", action="store_true", help="list: also check every file's sha256 (reads it all)")
     args = parser.parse_args(argv)
-    root = Path(args.root)
-    rows = [r for r in entries(root) if args.stage in (None, r["stage"])]
+    root = Path(args.root) if args.root else default_root()
+    if not root.is_dir():
+        parser.exit(1, f"no stage cache at {root}: pass ROOT or set W2S_ROOT\n")
+    rows = [r for r in entries(root, args.verify) if args.stage in (None, r["stage"])]
     if args.command == "list":
         for r in rows:
+            if r["problem"]:
+                print(f"{r['stage']:8} {r['key']}  CORRUPT: {r['problem']}")
+                continue
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["finished_at"]))
             print(f"{r['stage']:8} {r['key']}  {when}  {r['bytes'] / 1e6:8.2f} MB  {r['model']}")
-        print(f"{len(rows)} entries under {root}; {len(stale_temporaries(root))} unfinished temporaries")
+        temps = [t for t in temporaries(root) if args.stage in (None, t.parent.name)]
+        running = len(set(temps) - set(stale_temporaries(root)))
+        corrupt = sum(bool(r["problem"]) for r in rows)
+        aside = len([a for a in root.glob("*/.corrupt-*") if args.stage in (None, a.parent.name)])
+        print(
+            f"{len(rows)} entries under {root} ({corrupt} corrupt, {aside} set aside); "
+            f"{len(temps)} unfinished temporaries ({running} of running jobs)"
+        )
         return
     if args.older_than_days is None and not args.all:
         parser.error("prune needs --older-than-days N or --all")
     cutoff = time.time() - 86400 * (args.older_than_days or 0)
-    doomed = [r["path"] for r in rows if args.all or r["finished_at"] < cutoff] + stale_temporaries(root)
-    for path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
-    print(f"pruned {len(doomed)} folders under {root}")
+    print(prune(root, [r for r in rows if args.all or r["problem"] or r["finished_at"] < cutoff], args.stage))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ file in `conf/loss/`; subclasses register themselves by `name`."""
 
 from __future__ import annotations
 
+import inspect
 from typing import ClassVar
 
 import torch
@@ -37,6 +38,18 @@ class Loss(nn.Module):
 
     def batch_context(self, probs: torch.Tensor, target: torch.Tensor) -> dict:
         return {}
+
+    @property
+    def label(self) -> str:
+        """The name with every parameter that differs from its default, e.g. `logconf(aux_coef=0.5)`:
+        runs of one loss with other parameters are other experiments, and the report keeps them apart."""
+        params = inspect.signature(type(self).__init__).parameters.values()
+        changed = [
+            f"{p.name}={getattr(self, p.name)!r}"
+            for p in params
+            if p.default is not inspect.Parameter.empty and getattr(self, p.name) != p.default
+        ]
+        return f"{self.name}({', '.join(changed)})" if changed else self.name
 
     def forward(self, logits, target, progress: float, context: dict | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -76,6 +89,10 @@ class LogConfidence(Loss):
         self.aux_coef, self.warmup_frac = aux_coef, warmup_frac
 
     def batch_context(self, probs, target):
+        if probs.numel() < 2:
+            # A one-example batch (the last of an epoch) has no quantile to speak of: the
+            # hardened label is then the student's own argmax.
+            return {"threshold": torch.tensor(0.5, device=probs.device)}
         positive_share = target.float().mean()
         return {"threshold": torch.quantile(probs.float(), (1.0 - positive_share).clamp(0, 1))}
 

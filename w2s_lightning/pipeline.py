@@ -2,13 +2,15 @@
 
     weak supervisor -> weak labels -> strong ceiling -> strong student -> metrics
 
-Every stage is cached under a hash of the config that determines it, so a sweep, a rerun
-after a crash and a parallel job all find finished work instead of redoing it."""
+Every stage is cached under a hash of the config that determines it and of the data it reads,
+so a sweep, a rerun after a crash and a parallel job all find finished work instead of redoing
+it, and no cached result is ever paired with other data."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -17,7 +19,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from w2s_lightning.cache import StageCache, StageResult, stage_key
-from w2s_lightning.data.splits import Splits, make_splits
+from w2s_lightning.checks import check_config
+from w2s_lightning.data.splits import SPLIT_NAMES, Splits, aligned, make_splits
+from w2s_lightning.errors import ConfigError, W2SError
 from w2s_lightning.loggers import close, log_summary
 from w2s_lightning.losses import CrossEntropy
 from w2s_lightning.metrics import agreement, binary_metrics, pgr
@@ -37,9 +41,12 @@ RUNTIME_ONLY_TRAINER_KEYS = {
 }
 
 
-# Keys that say where something is read from or describe it, not what a stage computes: a hub
-# dataset read from a local copy, or a model file's memory notes, keep their cache entries.
-NOT_IN_KEYS = {"local_path", "notes"}
+# Keys that say where data is read from or describe a model, not what a stage computes: the
+# data itself is in every key as a fingerprint of the examples, so a moved or copied file keeps
+# its cache entries and an edited one misses them.
+NOT_IN_KEYS = {"local_path", "path", "test_path", "notes"}
+# Config groups that say where output goes or how it is watched; left out of results.json's config.
+NOT_RESULTS = {"paths", "logger", "hydra"}
 
 
 def plain(node) -> dict:
@@ -57,6 +64,22 @@ def key_view(node) -> dict:
     return drop(plain(node))
 
 
+def flat_config(cfg: DictConfig) -> dict:
+    """The run's resolved config as dotted keys with JSON scalar values, so the report can tell
+    runs apart by any knob."""
+    flat = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), child)
+        else:
+            flat[prefix] = json.dumps(value) if isinstance(value, list) else value
+
+    walk("", {k: plain(cfg[k]) for k in cfg if k not in NOT_RESULTS})
+    return flat
+
+
 def pair_skip_reason(cfg: DictConfig) -> str | None:
     weak, strong = cfg.weak_model, cfg.strong_model
     if cfg.pairs.require_larger_strong and not strong.size > weak.size:
@@ -70,7 +93,7 @@ def pair_skip_reason(cfg: DictConfig) -> str | None:
 class Experiment:
     """The shared inputs of every stage: config, splits, cache, and the key parts."""
 
-    def __init__(self, cfg: DictConfig, splits: Splits, out_dir: Path, loss_name: str):
+    def __init__(self, cfg: DictConfig, splits: Splits, out_dir: Path, loss_label: str):
         self.cfg, self.splits, self.out_dir = cfg, splits, out_dir
         enabled = cfg.cache.enabled
         self.cache = StageCache(
@@ -87,7 +110,7 @@ class Experiment:
         self.tags = [
             f"weak:{cfg.weak_model.name}",
             f"strong:{cfg.strong_model.name}",
-            f"loss:{loss_name}",
+            f"loss:{loss_label}",
             f"seed:{cfg.seed}",
             f"dataset:{cfg.dataset.name}",
         ]
@@ -99,8 +122,15 @@ class Experiment:
             if node is not None
         ]
 
-    def stage(self, stage: str, spec, key_extra: dict, train: pd.DataFrame, targets, loss, predict) -> StageResult:
-        key = stage_key(stage, {**self.common, "model": key_view(spec), **key_extra})
+    def stage(
+        self, stage: str, slot: str, reads: tuple[str, ...], key_extra: dict, train, targets, loss, predict
+    ) -> StageResult:
+        """Fit the model of config slot `slot` on (`train`, `targets`) and predict `predict`, or
+        read it from the cache. The key holds the stage's config slice and a fingerprint of the
+        splits it `reads`, so other data never meets this stage's cached results."""
+        spec = self.cfg[slot]
+        payload = {**self.common, "model": key_view(spec), "data": self.splits.fingerprints(*reads), **key_extra}
+        key = stage_key(stage, payload)
 
         def compute(workdir: Path) -> dict:
             # Only reached when no finished copy exists, also after waiting for another job's lock.
@@ -108,14 +138,29 @@ class Experiment:
             loggers = self.loggers(stage)
             try:
                 record = fit_predict(
-                    self.cfg, spec, stage, train, targets, loss, self.splits.val, predict, workdir, loggers, self.cache
+                    self.cfg,
+                    spec,
+                    slot,
+                    stage,
+                    train,
+                    targets,
+                    loss,
+                    self.splits.val,
+                    predict,
+                    workdir,
+                    loggers,
+                    self.cache,
                 )
                 log_summary(loggers, {f"{stage}/test/{k}": v for k, v in record["test"].items()})
             finally:
                 close(loggers)
             return record
 
-        result = self.cache.run(stage, key, compute)
+        try:
+            result = self.cache.run(stage, key, compute)
+        except Exception as error:
+            error.stage = stage  # results.json names the stage that failed
+            raise
         if result.cached:
             log.info("stage %s: reusing %s from the cache (%s)", stage, spec.name, result.path)
             loggers = self.loggers(stage, ("cached",))
@@ -123,9 +168,15 @@ class Experiment:
             close(loggers)
         return result
 
+    def predictions(self, result: StageResult, split: str) -> pd.DataFrame:
+        """A stage's stored predictions on `split`, joined to the split's examples by id."""
+        stored = pd.read_parquet(result.path / f"{split}.parquet")
+        return aligned(stored, getattr(self.splits, split), f"stage {result.record['stage']}, split {split}")
+
 
 def run(cfg: DictConfig) -> float | None:
-    """Run one experiment; return its PGR (None when skipped or undefined)."""
+    """Run one experiment; return its PGR (None when skipped or undefined). A run that fails
+    leaves results.json with status "failed", the stage and the error, and raises again."""
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     student_loss = instantiate(cfg.loss)
@@ -134,36 +185,69 @@ def run(cfg: DictConfig) -> float | None:
         "strong_model": cfg.strong_model.name,
         "weak_size": cfg.weak_model.size,
         "strong_size": cfg.strong_model.size,
-        "loss": student_loss.name,
+        "loss": student_loss.label,
+        "loss_name": student_loss.name,
         "dataset": cfg.dataset.name,
         "seed": cfg.seed,
         "name": cfg.name,
+        "config": flat_config(cfg),
     }
-    if reason := pair_skip_reason(cfg):
-        log.warning("skipping pair: %s", reason)
-        write_results(out_dir, {**results, "status": "skipped", "reason": reason})
-        return None
+    try:
+        check_config(cfg)
+        if reason := pair_skip_reason(cfg):
+            log.warning("skipping pair: %s", reason)
+            write_results(out_dir, {**results, "status": "skipped", "reason": reason})
+            return None
+        # A job killed from here on leaves "running": the sweep report lists it as unfinished.
+        write_results(out_dir, {**results, "status": "running"})
+        results.update(experiment(cfg, out_dir, student_loss))
+    except Exception as error:
+        # Bugs too: a sweep's report must list the job as failed, not as running.
+        stage = getattr(error, "stage", "config" if isinstance(error, ConfigError) else "data")
+        message = str(error) if isinstance(error, W2SError) else f"{type(error).__name__}: {error}"
+        write_results(out_dir, {**results, "status": "failed", "failed_stage": stage, "error": message})
+        raise
+    write_results(out_dir, results)
+    log.info(
+        "weak %.3f | student %.3f | ceiling %.3f | PGR %s",
+        results["weak"]["acc"],
+        results["student"]["acc"],
+        results["ceiling"]["acc"],
+        "undefined" if results["pgr"] is None else f"{results['pgr']:.3f}",
+    )
+    return results["pgr"]
 
-    splits = make_splits(instantiate(cfg.dataset.loader), cfg.dataset, cfg.seed)
+
+def experiment(cfg: DictConfig, out_dir: Path, student_loss) -> dict:
+    """The stages, top to bottom; returns what results.json adds to the run's identity."""
+    # `_partial_` so that a loader's own error reaches the user unwrapped by instantiate.
+    splits = make_splits(instantiate(cfg.dataset.loader, _partial_=True)(), cfg.dataset, cfg.seed)
     splits.save(out_dir / "splits.json")
-    exp = Experiment(cfg, splits, out_dir, student_loss.name)
+    exp = Experiment(cfg, splits, out_dir, student_loss.label)
     a, b = splits.a, splits.b
 
     # 1-2. Weak supervisor on A with ground truth; its soft predictions on B are the weak labels.
     weak = exp.stage(
-        "weak", cfg.weak_model, {}, a, a["label"].to_numpy(float), CrossEntropy(), {"b": b, "test": splits.test}
+        "weak",
+        "weak_model",
+        ("a", "val", "b", "test"),
+        {},
+        a,
+        a["label"].to_numpy(float),
+        CrossEntropy(),
+        {"b": b, "test": splits.test},
     )
-    weak_labels = pd.read_parquet(weak.path / "b.parquet")
-    weak_labels = weak_labels.rename(columns={"prob": "weak_prob", "label": "gt_label"})
+    weak_labels = exp.predictions(weak, "b").rename(columns={"prob": "weak_prob", "label": "gt_label"})
     weak_labels.to_parquet(out_dir / "weak_labels.parquet")
-    weak_label_metrics = binary_metrics(weak_labels["weak_prob"], weak_labels["gt_label"])
 
     # 3. Strong ceiling: the strong model on ground truth.
-    gt = a if cfg.ceiling_split == "a" else b
+    gt_split = cfg.ceiling_split
+    gt = getattr(splits, gt_split)
     ceiling = exp.stage(
         "ceiling",
-        cfg.strong_model,
-        {"ceiling_split": cfg.ceiling_split},
+        "strong_model",
+        (gt_split, "val", "test"),
+        {"ceiling_split": gt_split},
         gt,
         gt["label"].to_numpy(float),
         CrossEntropy(),
@@ -173,7 +257,8 @@ def run(cfg: DictConfig) -> float | None:
     # 4. Strong student: the strong model on B with the weak labels and the configured loss.
     student = exp.stage(
         "student",
-        cfg.strong_model,
+        "strong_model",
+        ("b", "val", "test"),
         {"loss": plain(cfg.loss), "weak_key": weak.record["key"]},
         b,
         weak_labels["weak_prob"].to_numpy(),
@@ -182,24 +267,27 @@ def run(cfg: DictConfig) -> float | None:
     )
 
     # 5. Metrics.
-    test_probs = {
-        name: pd.read_parquet(r.path / "test.parquet")["prob"].to_numpy()
-        for name, r in (("weak", weak), ("student", student))
+    results = {
+        "status": "done",
+        "weak_labels": binary_metrics(weak_labels["weak_prob"], weak_labels["gt_label"]),
+        "data": {"guard": splits.guard, "fingerprints": splits.fingerprints(*SPLIT_NAMES)},
     }
-    results.update(status="done", weak_labels=weak_label_metrics)
     for name, stage in (("weak", weak), ("ceiling", ceiling), ("student", student)):
         results[name] = {
             **stage.record["test"],
+            "truncated": stage.record.get("truncated", {}),
             "cached": stage.cached,
             "key": stage.record["key"],
             "train_seconds": stage.record["train_seconds"],
             "cache_path": str(stage.path),
         }
+    test_probs = {
+        name: exp.predictions(r, "test")["prob"].to_numpy() for name, r in (("weak", weak), ("student", student))
+    }
     results["student"]["agreement"] = agreement(test_probs["student"], test_probs["weak"])
     acc = {name: results[name]["acc"] for name in ("weak", "ceiling", "student")}
     results["pgr"] = pgr(acc["weak"], acc["student"], acc["ceiling"])
     results["pgr_auroc"] = pgr(*(results[n]["auroc"] for n in ("weak", "student", "ceiling")))
-    write_results(out_dir, results)
     loggers = exp.loggers("metrics")
     log_summary(
         loggers,
@@ -210,17 +298,21 @@ def run(cfg: DictConfig) -> float | None:
         },
     )
     close(loggers)
-    log.info(
-        "weak %.3f | student %.3f | ceiling %.3f | PGR %s",
-        acc["weak"],
-        acc["student"],
-        acc["ceiling"],
-        "undefined" if results["pgr"] is None else f"{results['pgr']:.3f}",
-    )
-    return results["pgr"]
+    return results
+
+
+def strict(value):
+    """NaN and infinities become null: results.json stays valid strict JSON."""
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_results(out_dir: Path, results: dict) -> None:
     tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
+    tmp.write_text(json.dumps(strict(results), indent=2, allow_nan=False))
     shutil.move(tmp, out_dir / "results.json")

@@ -3,7 +3,6 @@ the sets it is asked about. The pipeline decides which model, data and loss."""
 
 from __future__ import annotations
 
-import hashlib
 import resource
 import time
 import warnings
@@ -17,6 +16,8 @@ from hydra.utils import instantiate
 
 from w2s_lightning.cache import StageCache, stage_key
 from w2s_lightning.data.batches import FeatureExamples, encode, inference_loader, train_loader
+from w2s_lightning.data.splits import fingerprint
+from w2s_lightning.errors import TrainingDiverged
 from w2s_lightning.losses import Loss
 from w2s_lightning.metrics import binary_metrics
 from w2s_lightning.models.backbone import MODEL_TYPE_PREFIX, load_tokenizer
@@ -52,26 +53,28 @@ class Inputs:
     backbone's pooled features, computed once per (model, texts) and cached like a stage, so
     a sweep of probes never runs a backbone twice on the same data."""
 
-    def __init__(self, cfg, spec, system: ClassifierSystem, trainer: L.Trainer, cache: StageCache | None, stage: str):
-        self.cfg, self.spec, self.stage = cfg, spec, stage
+    def __init__(self, cfg, spec, slot: str, system, trainer: L.Trainer, cache: StageCache | None, stage: str):
+        self.cfg, self.spec, self.slot, self.stage = cfg, spec, slot, stage
         self.system, self.trainer, self.cache = system, trainer, cache
         self.tokenizer = load_tokenizer(spec)
         self.pad_id = self.tokenizer.pad_token_id
-        self.truncated_fraction = 0.0
+        self.truncated: dict[str, float] = {}  # share of each split's texts cut to fit max_length
 
-    def __call__(self, texts: pd.Series, targets, split: str):
+    def __call__(self, frame: pd.DataFrame, targets, split: str):
         keep_end = self.system.model.pooling == "last"
-        encoded = encode(texts, self.tokenizer, self.spec.max_length, targets, keep_end, f"{self.stage}/{split}")
-        if split == "train":
-            self.truncated_fraction = encoded.truncated_fraction
+        where = f"stage {self.stage}, split {split} ({self.spec.name})"
+        knob = f"{self.slot}.max_length"
+        encoded = encode(frame, self.tokenizer, self.spec.max_length, targets, keep_end, where, knob)
+        self.truncated[split] = encoded.truncated_fraction
         if not self.spec.linear_probe:
             return encoded
-        return FeatureExamples(self.features(texts, encoded), targets)
+        return FeatureExamples(self.features(frame, encoded), targets)
 
-    def features(self, texts: pd.Series, encoded) -> torch.Tensor:
+    def features(self, frame: pd.DataFrame, encoded) -> torch.Tensor:
         model = {k: self.spec[k] for k in FEATURE_FIELDS}
         random_weights = self.spec.from_scratch or self.spec.pretrained.startswith(MODEL_TYPE_PREFIX)
-        digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
+        # What the backbone reads: the texts and how they may be cut, not their ids or labels.
+        digest = fingerprint(frame.drop(columns=["id", "label", "group"], errors="ignore"))
         key = stage_key(
             "features",
             {
@@ -88,8 +91,14 @@ class Inputs:
                 feats = run_predict(self.trainer, self.system, encoded, self.spec.eval_batch_size, self.pad_id)
             finally:
                 self.system.predict_features = False
+            if not np.isfinite(feats).all():
+                raise TrainingDiverged(
+                    f"stage {self.stage}: the frozen backbone of {self.spec.name} gave non-finite features for "
+                    f"{int((~np.isfinite(feats).all(1)).sum())} texts; nothing is cached; fix: run it in float32 "
+                    "(trainer.precision=32-true)"
+                )
             torch.save(torch.from_numpy(feats), workdir / "features.pt")
-            return {"model": self.spec.name, "n": len(texts), "test": {}}
+            return {"model": self.spec.name, "n": len(frame), "test": {}}
 
         cache = self.cache or StageCache(Path(self.trainer.default_root_dir) / "features", enabled=False)
         result = cache.run("features", key, compute)
@@ -99,6 +108,7 @@ class Inputs:
 def fit_predict(
     cfg,
     spec,
+    slot: str,
     stage: str,
     train: pd.DataFrame,
     targets: np.ndarray,
@@ -109,20 +119,21 @@ def fit_predict(
     loggers: list,
     cache: StageCache | None = None,
 ) -> dict:
-    """Train on (`train`, `targets`), then write `<name>.parquet` (id, prob, label) for every
-    frame in `predict`. Returns the stage record; test metrics come from `predict['test']`."""
+    """Train the model of config slot `slot` on (`train`, `targets`), then write `<name>.parquet`
+    (id, prob, label) for every frame in `predict`. Returns the stage record; test metrics come
+    from `predict['test']`. A non-finite loss or prediction raises TrainingDiverged."""
     L.seed_everything(cfg.seed, workers=True)  # each stage starts from the same state, cached or not
     system = ClassifierSystem(
-        spec, loss, instantiate(cfg.optimizer), cfg.train.warmup_ratio, cfg.train.grad_clip, stage
+        spec, loss, instantiate(cfg.optimizer), cfg.train.warmup_ratio, cfg.train.grad_clip, stage, slot
     )
     trainer = instantiate(
         cfg.trainer, max_epochs=cfg.train.epochs, logger=loggers or False, default_root_dir=str(workdir)
     )
-    inputs = Inputs(cfg, spec, system, trainer, cache, stage)
+    inputs = Inputs(cfg, spec, slot, system, trainer, cache, stage)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    train_examples = inputs(train["text"], targets, "train")
-    val_examples = inputs(val["text"], val["label"], "val")
+    train_examples = inputs(train, targets, "train")
+    val_examples = inputs(val, val["label"], "val")
     start = time.perf_counter()
     trainer.fit(
         system,
@@ -135,18 +146,23 @@ def fit_predict(
         "n_train": len(train),
         "train_seconds": train_seconds,
         "train_examples_per_s": cfg.train.epochs * len(train) / train_seconds,
-        "truncated_fraction": inputs.truncated_fraction,
         "val": {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if "/val/" in k},
     }
     start = time.perf_counter()
     for name, frame in predict.items():
-        examples = inputs(frame["text"], frame["label"], name)
+        examples = inputs(frame, frame["label"], name)
         probs = run_predict(trainer, system, examples, spec.eval_batch_size, inputs.pad_id).astype(np.float64)
+        if not np.isfinite(probs).all():
+            raise TrainingDiverged(
+                f"stage {stage}: {int((~np.isfinite(probs)).sum())} of {len(probs)} predictions on {name} are not "
+                f"finite ({slot}.lr={spec.lr}); nothing of this stage is cached; fix: lower {slot}.lr"
+            )
         predictions = pd.DataFrame({"id": frame["id"], "prob": probs, "label": frame["label"]})
         predictions.to_parquet(workdir / f"{name}.parquet")
         if name == "test":
             record["test"] = binary_metrics(probs, frame["label"].to_numpy())
     record["predict_seconds"] = time.perf_counter() - start
+    record["truncated"] = inputs.truncated
     record.update(peak_memory())
     if cfg.save_weights:
         torch.save(system.model.trainable_state_dict(), workdir / "weights.pt")

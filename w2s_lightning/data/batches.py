@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from w2s_lightning.errors import DatasetError
+
 log = logging.getLogger(__name__)
 
 
@@ -48,24 +50,76 @@ class FeatureExamples(Dataset):
         return np.ones(len(self), dtype=np.int64)
 
 
-def encode(texts, tokenizer, max_length: int, targets, keep_end: bool, split: str = "") -> EncodedExamples:
-    """Truncate rather than drop long examples, and say how many were cut. Models pooled at
-    the last token (`keep_end`) keep the end of a long text, where a prompt's question is."""
-    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-    truncated = sum(len(x) > max_length for x in ids)
-    if truncated:
+def shorten(text: str, start: int, end: int, cut_from: str, count, max_length: int) -> str | None:
+    """`text` with as little of its cuttable part [start, end) dropped (from `cut_from`) as makes
+    it fit `max_length` tokens; None when even dropping all of it does not."""
+    part = text[start:end]
+
+    def keeping(k: int) -> str:
+        kept = part[:k] if cut_from == "end" else part[len(part) - k :]
+        return text[:start] + kept + text[end:]
+
+    if count(keeping(0)) > max_length:
+        return None
+    low, high = 0, len(part)  # the longest kept prefix (suffix) that fits, by bisection
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if count(keeping(mid)) <= max_length else (low, mid - 1)
+    return keeping(low)
+
+
+def encode(frame, tokenizer, max_length: int, targets, keep_end: bool, where: str = "", knob: str = "max_length"):
+    """Token ids of `frame["text"]`, fitted to `max_length`. A text that does not fit loses part of
+    its cuttable slot (`cut_start`/`cut_end`, a passage or context; see formatters.py), never the
+    question or the answer; a text without one (or still too long) is truncated at the end, or at
+    the start for models pooled at the last token (`keep_end`). If truncation makes examples of
+    different labels the same input, the stage fails: its labels could not be learned."""
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    texts = frame["text"].tolist()
+    ids = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+    long = [i for i, x in enumerate(ids) if len(x) > max_length]
+    hard = 0
+    for i in long:
+        fitted = None
+        if "cut_start" in frame and frame["cut_start"].iat[i] >= 0:
+            row = frame.iloc[i]
+            fitted = shorten(texts[i], int(row.cut_start), int(row.cut_end), row.cut_from, count, max_length)
+        if fitted is not None:
+            ids[i] = tokenizer(fitted, add_special_tokens=True)["input_ids"]
+        else:
+            hard += 1
+            ids[i] = ids[i][-max_length:] if keep_end else ids[i][:max_length]
+    if long:
         log.info(
-            "%s: truncated %d/%d examples (%.1f%%) to %d tokens",
-            split,
-            truncated,
+            "%s: fitted %d/%d examples (%.1f%%) to %d tokens (%d by cutting the whole text, not a passage)",
+            where,
+            len(long),
             len(ids),
-            100 * truncated / len(ids),
+            100 * len(long) / len(ids),
             max_length,
+            hard,
         )
-    ids = [x[-max_length:] if keep_end else x[:max_length] for x in ids]
+        check_collisions(ids, frame, set(long), where, max_length, knob)
     examples = EncodedExamples(ids, targets)
-    examples.truncated_fraction = truncated / max(1, len(ids))
+    examples.truncated_fraction = len(long) / max(1, len(ids))
     return examples
+
+
+def check_collisions(ids: list[list[int]], frame, truncated: set[int], where: str, max_length: int, knob: str) -> None:
+    """Truncated inputs identical to another input of a different (ground-truth) label."""
+    labels = frame["label"].to_numpy()
+    seen: dict[tuple, int] = {}
+    for i, x in enumerate(ids):
+        j = seen.setdefault(tuple(x), i)
+        if j != i and labels[i] != labels[j] and (i in truncated or j in truncated):
+            raise DatasetError(
+                f"{where}: after truncation to max_length={max_length} tokens, examples {frame['id'].iat[j]} and "
+                f"{frame['id'].iat[i]} have different labels but the same input, so the label was cut off; fix: "
+                f"raise {knob} (or shorten the texts)"
+            )
 
 
 class LengthGroupedSampler(Sampler[list[int]]):

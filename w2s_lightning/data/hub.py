@@ -57,7 +57,9 @@ def load_hub(
 
 
 def to_frame(name: str, split: str, rows: Iterator[dict], fmt: Formatter, seed: int) -> pd.DataFrame:
-    ids, texts, labels = [], [], []
+    """One example per row and option; every example of a row shares the row's item id
+    (`group`), so splits keep a question's options together."""
+    columns = {"id": [], "text": [], "label": [], "group": [], "cut_start": [], "cut_end": [], "cut_from": []}
     n_rows = unused = 0
     for index, row in enumerate(rows):
         n_rows += 1
@@ -66,17 +68,21 @@ def to_frame(name: str, split: str, rows: Iterator[dict], fmt: Formatter, seed: 
         try:
             examples = fmt.render(row, rng)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+            # The field's name, never the row's text: messages must not leak data into logs.
+            detail = f"no field {error}" if isinstance(error, KeyError) else type(error).__name__
             raise DatasetError(
                 f"dataset '{name}': row {index} of split '{split}' does not fit formatter '{fmt.name}' "
-                f"({error!r}); fix: point dataset.hub_id or dataset.local_path at data in the hub schema "
-                f"(fields {list(fmt.content)}), or set dataset.loader.formatter to the one for this schema"
+                f"({detail}); fix: point dataset.hub_id or dataset.local_path at data in the hub "
+                f"schema (fields {list(fmt.content)}), or set dataset.loader.formatter to the one for this schema"
             ) from error
         unused += not examples
         for k, example in enumerate(examples):
-            ids.append(f"{name}-{split}-{index}-{k}")
-            texts.append(example.text)
-            labels.append(example.label)
-    if not ids:
+            columns["id"].append(f"{name}-{split}-{index}-{k}")
+            columns["group"].append(f"{name}-{split}-{fmt.item_of(row, index)}")
+            for column in ("text", "label", "cut_start", "cut_end"):
+                columns[column].append(getattr(example, column))
+            columns["cut_from"].append(fmt.cut_from)
+    if not columns["id"]:
         raise DatasetError(
             f"dataset '{name}': split '{split}' gave no labelled examples from {n_rows} rows (hidden "
             "test labels?); fix: set dataset.loader.test_split to a labelled split such as validation"
@@ -89,8 +95,10 @@ def to_frame(name: str, split: str, rows: Iterator[dict], fmt: Formatter, seed: 
             n_rows,
             split,
         )
-    log.info("dataset %s: split %s -> %d examples from %d rows", name, split, len(ids), n_rows)
-    return pd.DataFrame({"id": ids, "text": texts, "label": labels})
+    log.info("dataset %s: split %s -> %d examples from %d rows", name, split, len(columns["id"]), n_rows)
+    frame = pd.DataFrame(columns)
+    frame.attrs["source"] = f"split '{split}' of {name}"
+    return frame
 
 
 # ---------------------------------------------------------------- the hub

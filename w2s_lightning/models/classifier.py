@@ -67,7 +67,10 @@ class Classifier(nn.Module):
         """Logits from token ids, or from precomputed pooled `features` (linear probes)."""
         if features is None:
             features = self.pooled(input_ids, attention_mask)
-        return self.head(features.to(self.head.weight.dtype))
+        # The head and its logits in the head's own precision (float32 unless the whole model was
+        # cast): under mixed precision autocast would otherwise run them in bf16.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self.head(features.to(self.head.weight.dtype))
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what training changed: the head, plus adapters under LoRA or everything under

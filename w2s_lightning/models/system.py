@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from w2s_lightning.errors import TrainingDiverged
 from w2s_lightning.losses import Loss
 from w2s_lightning.metrics import binary_metrics
 from w2s_lightning.models.classifier import Classifier
@@ -26,6 +27,7 @@ class ClassifierSystem(L.LightningModule):
         warmup_ratio: float = 0.0,
         grad_clip: float | None = 1.0,
         stage: str = "train",
+        slot: str = "model",
     ):
         super().__init__()
         # Manual steps let one configured batch run as several micro-batches while a loss
@@ -36,7 +38,7 @@ class ClassifierSystem(L.LightningModule):
         self.spec = OmegaConf.create(spec_dict)
         self.model = Classifier(self.spec)
         self.loss, self.optimizer_factory = loss, optimizer
-        self.warmup_ratio, self.grad_clip, self.stage = warmup_ratio, grad_clip, stage
+        self.warmup_ratio, self.grad_clip, self.stage, self.slot = warmup_ratio, grad_clip, stage, slot
         self.micro_batch_size = self.spec.micro_batch_size or self.spec.batch_size
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.predict_features = False
@@ -68,6 +70,7 @@ class ClassifierSystem(L.LightningModule):
             loss = self.loss(logits, chunk["target"], progress, context) * (chunk["target"].shape[0] / n)
             self.manual_backward(loss)
             total += loss.detach()
+        self.check_finite(total, scheduler.get_last_lr()[0])
         if self.grad_clip:
             self.clip_norm(optimizer)
         optimizer.step()
@@ -76,6 +79,16 @@ class ClassifierSystem(L.LightningModule):
         self.log(f"{self.stage}/train/loss", total, prog_bar=True, batch_size=n)
         self.log(f"{self.stage}/train/lr", scheduler.get_last_lr()[0], batch_size=n)
         return total
+
+    def check_finite(self, loss: torch.Tensor, lr: float) -> None:
+        """A non-finite loss ends the stage: every later number of it would be noise (a NaN
+        model predicts one class, which scores as the class share and can even yield PGR 1)."""
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"stage {self.stage}: the training loss of {self.spec.name} is {loss.item()} at step "
+                f"{self.global_step} (learning rate {lr:.3g}, {self.slot}.lr={self.spec.lr}); nothing of this "
+                f"stage is cached or reported; fix: lower {self.slot}.lr (and keep train.grad_clip on)"
+            )
 
     def clip_norm(self, optimizer) -> None:
         """Sharded parameters need the wrapper's own clip, which sums the norm across ranks."""

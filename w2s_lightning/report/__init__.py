@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from w2s_lightning.report.collect import RESULTS, collect, unfinished
 from w2s_lightning.report.dashboard import log_to_wandb, wandb_settings
 from w2s_lightning.report.figures import write_figures
 from w2s_lightning.report.markdown import median_markdown, render_markdown
-from w2s_lightning.report.tables import RESULTS, SPREAD, collect, counted_runs, median_pgr_table, pair_table
+from w2s_lightning.report.tables import SPREAD, counted_runs, median_pgr_table, pair_table
 
 __all__ = [
     "SPREAD",
@@ -28,6 +30,7 @@ __all__ = [
     "median_markdown",
     "median_pgr_table",
     "pair_table",
+    "unfinished",
     "wandb_settings",
     "write_report",
 ]
@@ -35,12 +38,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def write_report(sweep_dir: str | Path, wandb_cfg=None) -> dict[str, Path]:
+def write_report(sweep_dir: str | Path, wandb_cfg=None, frame: pd.DataFrame | None = None) -> dict[str, Path]:
     """Write summary.csv, report.md and the figures into `sweep_dir`; with a W&B config (the
-    composed `logger.wandb` node or a dict) also log them as one run. Returns what was written,
-    by name; "wandb" is the run's local folder."""
+    composed `logger.wandb` node or a dict) also log them as one run. `frame` is the sweep as
+    `collect` reads it, when the caller already has it. Returns what was written, by name;
+    "wandb" is the run's local folder."""
     sweep_dir = Path(sweep_dir)
-    frame = collect(sweep_dir)
+    frame = collect(sweep_dir) if frame is None else frame
     if frame.empty:
         log.warning("no %s under %s: the report is empty", RESULTS, sweep_dir)
     written = {"summary": sweep_dir / "summary.csv", "report": sweep_dir / "report.md"}
@@ -56,15 +60,17 @@ def write_report(sweep_dir: str | Path, wandb_cfg=None) -> dict[str, Path]:
 
 
 class ReportCallback(Callback):
-    """Writes the sweep report after the last job of a multirun. Any failure is logged and
-    swallowed: the jobs' results are already on disk and the report can be rebuilt with
-    `python -m w2s_lightning.report <sweep_dir>`."""
+    """Writes the sweep report after the last job of a multirun. A failure to write it is
+    logged and swallowed: the jobs' results are already on disk and the report can be rebuilt
+    with `python -m w2s_lightning.report <sweep_dir>`. A job that failed or did not finish
+    makes the multirun exit non-zero, so a script or scheduler running the sweep sees it."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep_dir = None
+        sweep_dir, frame = None, None
         try:
             sweep_dir = config.hydra.sweep.dir
-            write_report(sweep_dir, OmegaConf.select(config, "logger.wandb", default=None))
+            frame = collect(sweep_dir)
+            write_report(sweep_dir, OmegaConf.select(config, "logger.wandb", default=None), frame)
         except Exception:
             log.exception(
                 "writing the sweep report for %s failed; the runs are intact, rebuild it with "
@@ -72,3 +78,12 @@ class ReportCallback(Callback):
                 sweep_dir,
                 sweep_dir or "<sweep_dir>",
             )
+        if frame is not None and not unfinished(frame).empty:
+            log.error(
+                "%d of %d jobs did not finish: see %s",
+                len(unfinished(frame)),
+                len(frame),
+                Path(sweep_dir) / "report.md",
+            )
+            # SystemExit, not an Exception: Hydra re-raises the latter with a traceback.
+            raise SystemExit(1)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from w2s_lightning.report import collect, median_markdown, median_pgr_table, write_report
+from w2s_lightning.report import collect, median_markdown, median_pgr_table, unfinished, write_report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,8 +31,11 @@ def main(argv: list[str] | None = None) -> None:
         from w2s_lightning.config import CONF_DIR
 
         wandb_cfg = OmegaConf.load(CONF_DIR / "logger" / "wandb.yaml").wandb
-    write_report(args.sweep_dir, wandb_cfg)
-    print(median_markdown(median_pgr_table(collect(args.sweep_dir))))
+    frame = collect(args.sweep_dir)
+    written = write_report(args.sweep_dir, wandb_cfg, frame)
+    print(median_markdown(median_pgr_table(frame)))
+    if not unfinished(frame).empty:
+        print(f"{len(unfinished(frame))} of {len(frame)} jobs did not finish: see {written['report']}")
 
 
 if __name__ == "__main__":

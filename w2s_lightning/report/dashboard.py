@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from w2s_lightning.report.markdown import median_markdown
+from w2s_lightning.report.tables import grouped_settings
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,10 @@ def wandb_settings(wandb_cfg, sweep_dir: Path, frame: pd.DataFrame) -> dict:
 def wandb_table(frame: pd.DataFrame):
     import wandb
 
-    # W&B tables reject NaN mixed into text or bool columns; None reads as a missing cell.
+    # W&B tables reject NaN mixed into text or bool columns; None reads as a missing cell. A
+    # config key may hold a number in one job and text in another ("auto" devices).
     cells = frame.astype(object).where(frame.notna(), None)
-    return wandb.Table(dataframe=cells)
+    return wandb.Table(dataframe=cells, allow_mixed_types=True)
 
 
 def log_to_wandb(settings: dict, frame: pd.DataFrame, medians: pd.DataFrame, figures: dict[str, Path]) -> Path:
@@ -79,9 +81,12 @@ def log_to_wandb(settings: dict, frame: pd.DataFrame, medians: pd.DataFrame, fig
             }
         )
         run.summary["median_pgr_table"] = median_markdown(medians)
+        swept = grouped_settings(medians)
         for _, row in medians.iterrows():
-            if not math.isnan(row.median_pgr):
-                run.summary[f"median_pgr/{row.dataset}/{row.loss}"] = row.median_pgr
+            path = "/".join([str(row.dataset), str(row.loss), *(f"{k}={row[k]}" for k in swept)])
+            for column in ("median_pgr", "median_pgr_mean_acc"):
+                if not math.isnan(row[column]):
+                    run.summary[f"{column}/{path}"] = row[column]
         run_dir = Path(run.dir).parent
     finally:
         run.finish()

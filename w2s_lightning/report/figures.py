@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from w2s_lightning.report.collect import swept_settings, with_results
 from w2s_lightning.report.tables import counted_runs, pair_table
 
 log = logging.getLogger(__name__)
@@ -97,15 +98,18 @@ def file_tag(text: str) -> str:
 
 
 def write_figures(frame: pd.DataFrame, sweep_dir: Path) -> dict[str, Path]:
-    """Both pictures for every loss (for every dataset and loss when the sweep spans datasets)."""
+    """Both pictures for every loss and swept setting (and dataset, when the sweep spans several);
+    runs that differ in a swept setting never share a picture."""
     several_datasets = frame["dataset"].nunique() > 1
+    swept = swept_settings(frame)
     written = {}
-    for (dataset, loss), group in frame.groupby(["dataset", "loss"], sort=True, dropna=False):
+    for values, group in with_results(frame).groupby(["dataset", "loss", *swept], sort=True, dropna=False):
+        dataset, loss, settings = values[0], values[1], [f"{k}={v}" for k, v in zip(swept, values[2:])]
         if not (group["status"] == "done").any():
-            log.info("no finished runs for dataset %s, loss %s: no figures", dataset, loss)
+            log.info("no finished runs for dataset %s, loss %s %s: no figures", dataset, loss, " ".join(settings))
             continue
-        tag = file_tag(f"{dataset}_{loss}" if several_datasets else loss)
-        title = f"{dataset} · loss {loss}"
+        tag = file_tag("_".join([str(dataset)] * several_datasets + [str(loss), *settings]))
+        title = " · ".join([str(dataset), f"loss {loss}", *settings])
         for stem, build in (("accuracy_vs_size", accuracy_figure), ("pgr_heatmap", heatmap_figure)):
             path = sweep_dir / f"{stem}_{tag}.png"
             build(group, title).savefig(path, dpi=120)

@@ -1,98 +1,35 @@
-"""A sweep's results.json files gathered into one frame, and the tables computed from it:
-median PGR per loss with its spread across seeds, and means per pair."""
+"""The tables computed from the collected frame: median PGR per loss and swept setting under two
+aggregations, and means per pair."""
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
-
-import numpy as np
 import pandas as pd
 
-log = logging.getLogger(__name__)
+from w2s_lightning.report.collect import PAIR, swept_settings, with_results
 
-RESULTS = "results.json"
-PAIR = ["dataset", "weak_model", "strong_model", "loss"]
-RUN = [*PAIR, "seed"]
-# Always present, so a sweep whose runs were all skipped still yields the same table shape.
-LEADING_COLUMNS = [
-    "name",
-    "dataset",
-    "weak_model",
-    "strong_model",
-    "weak_size",
-    "strong_size",
-    "loss",
-    "seed",
-    "status",
-    "reason",
-    "pgr",
-    "pgr_auroc",
-]
-NUMERIC_COLUMNS = ["weak_size", "strong_size", "pgr", "pgr_auroc", "weak_acc", "student_acc", "ceiling_acc"]
 SPREAD = "per-seed median, min–max across seeds"
-
-
-def flatten(record: dict, prefix: str = "") -> dict:
-    """Nested metric groups become prefixed columns: {"weak": {"acc": x}} -> {"weak_acc": x}."""
-    flat = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}_"))
-        else:
-            flat[name] = value
-    return flat
-
-
-def collect(sweep_dir: str | Path) -> pd.DataFrame:
-    """One row per results.json under `sweep_dir` (any depth), skipped runs included."""
-    sweep_dir = Path(sweep_dir)
-    rows = []
-    for path in sorted(sweep_dir.rglob(RESULTS)):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            # One unreadable file must not cost the report of every other run.
-            log.warning("ignoring %s: %s", path, err)
-            continue
-        rows.append({**flatten(record), "run_dir": str(path.parent.relative_to(sweep_dir))})
-    frame = pd.DataFrame(rows)
-    for column in LEADING_COLUMNS + NUMERIC_COLUMNS:
-        if column not in frame:
-            frame[column] = np.nan
-    for column in NUMERIC_COLUMNS:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    ordered = LEADING_COLUMNS + [c for c in frame.columns if c not in LEADING_COLUMNS]
-    frame = frame[ordered].sort_values(
-        ["dataset", "loss", "weak_size", "weak_model", "strong_size", "strong_model", "seed"],
-        kind="stable",
-        ignore_index=True,
-    )
-    warn_duplicates(frame)
-    return frame
-
-
-def warn_duplicates(frame: pd.DataFrame) -> None:
-    """results.json records only the axes below; a sweep over anything else (say train.epochs)
-    yields rows that look identical and are averaged together in the tables."""
-    duplicated = frame[frame.duplicated(RUN, keep=False)]
-    if not duplicated.empty:
-        log.warning(
-            "%d runs share dataset/weak/strong/loss/seed with another run (%s); the report pools them",
-            len(duplicated),
-            ", ".join(duplicated["run_dir"].astype(str)),
-        )
+EXCLUDED = ("self-pair", "undefined", "skipped", "unfinished")
+MEDIAN_COLUMNS = [
+    "median_pgr",
+    "seed_median_min",
+    "seed_median_max",
+    "median_pgr_mean_acc",
+    "seeds",
+    "pairs",
+    "runs",
+    "runs_mean_acc",
+    *(f"excluded_{k}" for k in EXCLUDED),
+]
 
 
 def exclusion(frame: pd.DataFrame) -> pd.Series:
-    """Why each run is left out of the median PGR, or "" when it counts. Self-pairs and runs
-    whose ceiling does not beat the weak model are left out, as in the paper's figures."""
+    """Why each run is left out of the per-seed median PGR, or "" when it counts. Self-pairs and
+    runs whose ceiling does not beat the weak model are left out, as in the paper's figures."""
     why = pd.Series("", index=frame.index)
     why[frame["pgr"].isna()] = "undefined"
     why[frame["weak_model"] == frame["strong_model"]] = "self-pair"
-    why[frame["status"] != "done"] = "skipped"
+    why[frame["status"] == "skipped"] = "skipped"
+    why[~frame["status"].isin(["done", "skipped"])] = "unfinished"
     return why
 
 
@@ -100,50 +37,59 @@ def counted_runs(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[exclusion(frame) == ""]
 
 
+def mean_acc_pgr(group: pd.DataFrame) -> pd.Series:
+    """PGR as openai/weak-to-strong's plotting notebook computes it: each weak model's accuracy
+    and each strong model's ceiling are averaged over seeds first, and every finished student
+    run is measured against those means. Self-pairs and pairs whose mean ceiling does not beat
+    the mean weak accuracy are left out. One value per counted run."""
+    done = group[group["status"] == "done"]
+    # Average within a seed first so a model seen in more pairs for one seed does not weigh it more.
+    weak = done.groupby(["weak_model", "seed"])["weak_acc"].mean().groupby("weak_model").mean()
+    ceiling = done.groupby(["strong_model", "seed"])["ceiling_acc"].mean().groupby("strong_model").mean()
+    # astype: a group without finished runs maps to an empty series of the key's (text) dtype.
+    w, c = done["weak_model"].map(weak).astype(float), done["strong_model"].map(ceiling).astype(float)
+    counted = (done["weak_model"] != done["strong_model"]) & (c > w)
+    return ((done["student_acc"] - w) / (c - w))[counted].dropna()
+
+
 def median_pgr_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset and loss: the median PGR over all counted (pair, seed) runs, and its spread
-    across seeds as the min and max of the per-seed medians over pairs."""
+    """Per dataset, loss and swept setting: (a) the median PGR over all counted (pair, seed)
+    runs, each run's PGR from its own accuracies, with its spread across seeds as the min and
+    max of the per-seed medians over pairs; (b) the median of `mean_acc_pgr` over its runs."""
+    keys = ["dataset", "loss", *swept_settings(frame)]
     rows = []
-    for (dataset, loss), group in frame.groupby(["dataset", "loss"], sort=True, dropna=False):
+    for values, group in with_results(frame).groupby(keys, sort=True, dropna=False):
         counted = counted_runs(group)
         per_seed = counted.groupby("seed")["pgr"].median()
+        by_mean_acc = mean_acc_pgr(group)
         excluded = exclusion(group).value_counts()
         rows.append(
             {
-                "dataset": dataset,
-                "loss": loss,
+                **dict(zip(keys, values)),
                 "median_pgr": counted["pgr"].median(),
                 "seed_median_min": per_seed.min(),
                 "seed_median_max": per_seed.max(),
+                "median_pgr_mean_acc": by_mean_acc.median(),
                 "seeds": len(per_seed),
                 "pairs": len(counted[["weak_model", "strong_model"]].drop_duplicates()),
                 "runs": len(counted),
-                **{f"excluded_{k}": int(excluded.get(k, 0)) for k in ("self-pair", "undefined", "skipped")},
+                "runs_mean_acc": len(by_mean_acc),
+                **{f"excluded_{k}": int(excluded.get(k, 0)) for k in EXCLUDED},
             }
         )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "dataset",
-            "loss",
-            "median_pgr",
-            "seed_median_min",
-            "seed_median_max",
-            "seeds",
-            "pairs",
-            "runs",
-            "excluded_self-pair",
-            "excluded_undefined",
-            "excluded_skipped",
-        ],
-    )
+    return pd.DataFrame(rows, columns=keys + MEDIAN_COLUMNS)
+
+
+def grouped_settings(medians: pd.DataFrame) -> list[str]:
+    """The swept settings a median table is grouped by: its columns between loss and the medians."""
+    return list(medians.columns[2 : medians.columns.get_loc("median_pgr")])
 
 
 def pair_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Finished pairs with their accuracies and PGR averaged over seeds (PGR over the seeds
     where it is defined)."""
     done = frame[frame["status"] == "done"]
-    table = done.groupby(PAIR, sort=False, dropna=False).agg(
+    table = done.groupby(PAIR + swept_settings(frame), sort=True, dropna=False).agg(
         weak_size=("weak_size", "first"),
         strong_size=("strong_size", "first"),
         seeds=("seed", "nunique"),
@@ -153,4 +99,6 @@ def pair_table(frame: pd.DataFrame) -> pd.DataFrame:
         pgr=("pgr", "mean"),
         pgr_seeds=("pgr", "count"),
     )
-    return table.reset_index().sort_values(["dataset", "loss", "weak_size", "strong_size"], ignore_index=True)
+    return table.reset_index().sort_values(
+        ["dataset", "loss", "weak_size", "strong_size"], kind="stable", ignore_index=True
+    )

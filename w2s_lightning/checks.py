@@ -1,0 +1,81 @@
+"""Knob checks that run before any work: a value out of range stops the run with one message
+that names the knob, the value and the fix, instead of failing deep inside a stage (or, worse,
+training on nothing)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from w2s_lightning.config import MODEL_SLOTS
+from w2s_lightning.errors import ConfigError
+
+ABSENT = object()
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# (what the knob must be, the test); the wording reads "<knob>=<value>: must be <what>".
+COUNT = ("an integer >= 1", lambda v: is_int(v) and v >= 1)
+COUNT_OR_NULL = ("null or an integer >= 1", lambda v: v is None or COUNT[1](v))
+SHARE = ("a number with 0 <= x < 1", lambda v: is_number(v) and 0 <= v < 1)
+WEIGHT = ("a number with 0 <= x <= 1", lambda v: is_number(v) and 0 <= v <= 1)
+POSITIVE = ("a finite number > 0", lambda v: is_number(v) and v > 0)
+
+SLOT_RULES = {
+    "batch_size": COUNT,
+    "eval_batch_size": COUNT,
+    "micro_batch_size": COUNT_OR_NULL,
+    "lr": POSITIVE,
+    "max_length": COUNT,
+}
+
+# knob -> (what it must be, test, required). Optional knobs are checked only where the chosen
+# option has them (the loss's parameters, knobs a dataset file may not carry).
+RULES: dict[str, tuple[str, Callable[[Any], bool], bool]] = {
+    "seed": ("an integer >= 0", lambda v: is_int(v) and v >= 0, True),
+    "ceiling_split": ("a or b", lambda v: v in ("a", "b"), True),
+    **{f"dataset.{n}": (*COUNT, True) for n in ("n_weak", "n_strong", "n_val", "n_test")},
+    "dataset.holdout_fraction": ("a number with 0 < x < 1", lambda v: is_number(v) and 0 < v < 1, False),
+    "dataset.max_overlap": (*SHARE, False),
+    "train.epochs": (*COUNT, True),
+    "train.warmup_ratio": (*SHARE, True),
+    "train.grad_clip": ("null or a finite number > 0", lambda v: v is None or POSITIVE[1](v), True),
+    "loss.aux_coef": (*WEIGHT, False),
+    "loss.warmup_frac": (*WEIGHT, False),
+    **{f"{slot}.{k}": (*rule, True) for slot in MODEL_SLOTS for k, rule in SLOT_RULES.items()},
+}
+
+
+def show(value: Any) -> str:
+    """A value as it is written on the command line."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise a `ConfigError` for the first knob out of range, e.g.
+    `train.epochs=0: must be an integer >= 1; fix: set train.epochs to an integer >= 1`."""
+    for knob, (what, ok, required) in RULES.items():
+        value = OmegaConf.select(cfg, knob, default=ABSENT)
+        if value is ABSENT and not required:
+            continue
+        if value is ABSENT:
+            raise ConfigError(f"{knob} is missing; fix: set {knob} to {what}")
+        if not ok(value):
+            raise ConfigError(f"{knob}={show(value)}: must be {what}; fix: set {knob} to {what}")
+    for slot in MODEL_SLOTS:
+        micro, batch = cfg[slot].micro_batch_size, cfg[slot].batch_size
+        if micro is not None and micro > batch:
+            raise ConfigError(
+                f"{slot}.micro_batch_size={micro}: larger than {slot}.batch_size={batch}; "
+                f"fix: set {slot}.micro_batch_size to at most {batch}, or null for no accumulation"
+            )

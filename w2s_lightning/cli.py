@@ -1,0 +1,65 @@
+"""What `train.py` does with the composed config: run it, and turn an error the user can act on
+(`W2SError`) into one line on stderr and an exit status instead of a traceback. Any other
+exception is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from w2s_lightning.errors import W2SError
+
+log = logging.getLogger(__name__)
+
+
+def user_error(err: BaseException | None) -> W2SError | None:
+    """The `W2SError` behind `err`, also when `hydra.utils.instantiate` or a library wrapped it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, W2SError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def report_errors(fn: Callable[..., Any], *args: Any, multirun: bool | None = None, **kwargs: Any) -> Any:
+    """Call `fn`; on a user error print `error: <message>` and exit with its status, or, in a
+    multirun, return None so the sweep goes on (the job's results.json says it failed; any other
+    error is logged with its traceback there)."""
+    if multirun is None:
+        multirun = in_multirun()
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:
+        found = user_error(err)
+        if found is None:
+            if not multirun:
+                raise
+            # A bug (or an out-of-memory error) in one job keeps its traceback in the log, and the
+            # sweep goes on: its results.json says "failed" and the report exits non-zero.
+            log.exception("this job failed with an unexpected error; the sweep goes on")
+            return None
+        print(f"error: {' '.join(str(found).splitlines())}", file=sys.stderr, flush=True)
+        if multirun:
+            return None
+        raise SystemExit(found.exit_code) from None
+
+
+def main_task(cfg: DictConfig) -> float | None:
+    """The body of `train.py`: one experiment, whose PGR a sweeper can optimise."""
+    # Imported here, not above: torch and Lightning take seconds to import, and a typo in an
+    # override, `--help` or `--cfg job` should answer at once.
+    from w2s_lightning.pipeline import run
+
+    return report_errors(run, cfg)
