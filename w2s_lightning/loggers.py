@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 
@@ -47,3 +48,15 @@ def close(loggers: list[Logger]) -> None:
         logger.finalize("success")
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()
+
+
+def stage_loggers(cfg, stage: str, tags: list[str]) -> list[Logger]:
+    """Every logger of `cfg.logger` for one stage that trains (or for the metrics run)."""
+    return [instantiate(node)(stage=stage, tags=list(tags)) for node in (cfg.logger or {}).values() if node is not None]
+
+
+def record_cached(cfg, stage: str, tags: list[str], metrics: dict[str, float]) -> None:
+    """What the trackers get for a stage restored from the cache."""
+    loggers = stage_loggers(cfg, stage, [*tags, "cached"])
+    log_summary(loggers, metrics, cached=True)
+    close(loggers)

@@ -22,7 +22,7 @@ from w2s_lightning.cache import StageCache, StageResult, stage_key
 from w2s_lightning.checks import check_config
 from w2s_lightning.data.splits import SPLIT_NAMES, Splits, aligned, make_splits
 from w2s_lightning.errors import ConfigError, W2SError
-from w2s_lightning.loggers import close, log_summary
+from w2s_lightning.loggers import close, log_summary, record_cached, stage_loggers
 from w2s_lightning.losses import CrossEntropy
 from w2s_lightning.metrics import agreement, binary_metrics, pgr
 from w2s_lightning.stages import fit_predict
@@ -115,12 +115,8 @@ class Experiment:
             f"dataset:{cfg.dataset.name}",
         ]
 
-    def loggers(self, stage: str, extra_tags: tuple[str, ...] = ()) -> list:
-        return [
-            instantiate(node)(stage=stage, tags=self.tags + list(extra_tags))
-            for node in (self.cfg.logger or {}).values()
-            if node is not None
-        ]
+    def loggers(self, stage: str) -> list:
+        return stage_loggers(self.cfg, stage, self.tags)
 
     def stage(
         self, stage: str, slot: str, reads: tuple[str, ...], key_extra: dict, train, targets, loss, predict
@@ -163,9 +159,9 @@ class Experiment:
             raise
         if result.cached:
             log.info("stage %s: reusing %s from the cache (%s)", stage, spec.name, result.path)
-            loggers = self.loggers(stage, ("cached",))
-            log_summary(loggers, {f"{stage}/test/{k}": v for k, v in result.record["test"].items()}, cached=True)
-            close(loggers)
+            record_cached(
+                self.cfg, stage, self.tags, {f"{stage}/test/{k}": v for k, v in result.record["test"].items()}
+            )
         return result
 
     def predictions(self, result: StageResult, split: str) -> pd.DataFrame:

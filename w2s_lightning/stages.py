@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 
 from w2s_lightning.cache import StageCache, stage_key
+from w2s_lightning.console import stage_callbacks
 from w2s_lightning.data.batches import FeatureExamples, encode, inference_loader, train_loader
 from w2s_lightning.data.splits import fingerprint
 from w2s_lightning.errors import TrainingDiverged
@@ -127,7 +128,11 @@ def fit_predict(
         spec, loss, instantiate(cfg.optimizer), cfg.train.warmup_ratio, cfg.train.grad_clip, stage, slot
     )
     trainer = instantiate(
-        cfg.trainer, max_epochs=cfg.train.epochs, logger=loggers or False, default_root_dir=str(workdir)
+        cfg.trainer,
+        max_epochs=cfg.train.epochs,
+        logger=loggers or False,
+        default_root_dir=str(workdir),
+        callbacks=stage_callbacks(cfg, stage),
     )
     inputs = Inputs(cfg, spec, slot, system, trainer, cache, stage)
     if torch.cuda.is_available():
