@@ -3,6 +3,7 @@ slots, and the resolvers that the YAML files use."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ from omegaconf import OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MODEL_SLOTS = ("weak_model", "strong_model")
+# Config groups that say where output goes or how it is watched, not what a run computes.
+NOT_RESULTS = {"paths", "logger", "hydra"}
 
 
 @dataclass
@@ -84,3 +87,26 @@ def setup() -> None:
     """Everything that must happen before Hydra composes a config."""
     register_resolvers()
     register_model_catalogue()
+
+
+def flat_config(cfg) -> dict:
+    """The run's resolved config as dotted keys with JSON scalar values, so the report can tell
+    runs apart by any knob."""
+    flat = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), child)
+        else:
+            flat[prefix] = json.dumps(value) if isinstance(value, list) else value
+
+    walk(
+        "",
+        {
+            k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+            for k in cfg
+            if k not in NOT_RESULTS
+        },
+    )
+    return flat

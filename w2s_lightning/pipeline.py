@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from w2s_lightning.cache import StageCache, StageResult, stage_key
 from w2s_lightning.checks import check_config
+from w2s_lightning.config import flat_config
 from w2s_lightning.data.splits import SPLIT_NAMES, Splits, aligned, make_splits
 from w2s_lightning.errors import ConfigError, W2SError
 from w2s_lightning.loggers import close, log_summary, record_cached, stage_loggers
@@ -45,8 +46,6 @@ RUNTIME_ONLY_TRAINER_KEYS = {
 # data itself is in every key as a fingerprint of the examples, so a moved or copied file keeps
 # its cache entries and an edited one misses them.
 NOT_IN_KEYS = {"local_path", "path", "test_path", "notes"}
-# Config groups that say where output goes or how it is watched; left out of results.json's config.
-NOT_RESULTS = {"paths", "logger", "hydra"}
 
 
 def plain(node) -> dict:
@@ -62,22 +61,6 @@ def key_view(node) -> dict:
         return value
 
     return drop(plain(node))
-
-
-def flat_config(cfg: DictConfig) -> dict:
-    """The run's resolved config as dotted keys with JSON scalar values, so the report can tell
-    runs apart by any knob."""
-    flat = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, dict):
-            for key, child in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), child)
-        else:
-            flat[prefix] = json.dumps(value) if isinstance(value, list) else value
-
-    walk("", {k: plain(cfg[k]) for k in cfg if k not in NOT_RESULTS})
-    return flat
 
 
 def pair_skip_reason(cfg: DictConfig) -> str | None:
@@ -125,7 +108,13 @@ class Experiment:
         read it from the cache. The key holds the stage's config slice and a fingerprint of the
         splits it `reads`, so other data never meets this stage's cached results."""
         spec = self.cfg[slot]
-        payload = {**self.common, "model": key_view(spec), "data": self.splits.fingerprints(*reads), **key_extra}
+        payload = {
+            **self.common,
+            "model": key_view(spec),
+            "data": self.splits.fingerprints(*reads),
+            "predicts": sorted(predict),
+            **key_extra,
+        }
         key = stage_key(stage, payload)
 
         def compute(workdir: Path) -> dict:
@@ -170,9 +159,12 @@ class Experiment:
         return aligned(stored, getattr(self.splits, split), f"stage {result.record['stage']}, split {split}")
 
 
-def run(cfg: DictConfig) -> float | None:
-    """Run one experiment; return its PGR (None when skipped or undefined). A run that fails
-    leaves results.json with status "failed", the stage and the error, and raises again."""
+def run(cfg: DictConfig) -> float:
+    """Run one experiment; return the score a sweeper may optimise: the student's accuracy on
+    validation labelled by the weak supervisor (NaN when skipped, which a sweeper reads as a
+    failed trial). A run that fails leaves results.json with status "failed", the stage and the
+    error, and raises again. PGR is in results.json, never the return value: tuning on it would
+    tune on the test set."""
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     student_loss = instantiate(cfg.loss)
@@ -193,7 +185,7 @@ def run(cfg: DictConfig) -> float | None:
         if reason := pair_skip_reason(cfg):
             log.warning("skipping pair: %s", reason)
             write_results(out_dir, {**results, "status": "skipped", "reason": reason})
-            return None
+            return math.nan
         # A job killed from here on leaves "running": the sweep report lists it as unfinished.
         write_results(out_dir, {**results, "status": "running"})
         results.update(experiment(cfg, out_dir, student_loss))
@@ -211,7 +203,7 @@ def run(cfg: DictConfig) -> float | None:
         results["ceiling"]["acc"],
         "undefined" if results["pgr"] is None else f"{results['pgr']:.3f}",
     )
-    return results["pgr"]
+    return results["student"]["val_weak_acc"]
 
 
 def experiment(cfg: DictConfig, out_dir: Path, student_loss) -> dict:
@@ -231,7 +223,7 @@ def experiment(cfg: DictConfig, out_dir: Path, student_loss) -> dict:
         a,
         a["label"].to_numpy(float),
         CrossEntropy(),
-        {"b": b, "test": splits.test},
+        {"b": b, "val": splits.val, "test": splits.test},
     )
     weak_labels = exp.predictions(weak, "b").rename(columns={"prob": "weak_prob", "label": "gt_label"})
     weak_labels.to_parquet(out_dir / "weak_labels.parquet")
@@ -259,7 +251,7 @@ def experiment(cfg: DictConfig, out_dir: Path, student_loss) -> dict:
         b,
         weak_labels["weak_prob"].to_numpy(),
         student_loss,
-        {"test": splits.test},
+        {"val": splits.val, "test": splits.test},
     )
 
     # 5. Metrics.
