@@ -20,7 +20,6 @@ from w2s_lightning.data.batches import FeatureExamples, encode, inference_loader
 from w2s_lightning.data.splits import fingerprint
 from w2s_lightning.errors import TrainingDiverged
 from w2s_lightning.losses import Loss
-from w2s_lightning.metrics import binary_metrics
 from w2s_lightning.models.backbone import MODEL_TYPE_PREFIX, load_tokenizer
 from w2s_lightning.models.system import ClassifierSystem
 
@@ -99,7 +98,7 @@ class Inputs:
                     "(trainer.precision=32-true)"
                 )
             torch.save(torch.from_numpy(feats), workdir / "features.pt")
-            return {"model": self.spec.name, "n": len(frame), "test": {}}
+            return {"model": self.spec.name, "n": len(frame)}
 
         cache = self.cache or StageCache(Path(self.trainer.default_root_dir) / "features", enabled=False)
         result = cache.run("features", key, compute)
@@ -115,30 +114,36 @@ def fit_predict(
     targets: np.ndarray,
     loss: Loss,
     val: pd.DataFrame,
+    val_targets: np.ndarray,
     predict: dict[str, pd.DataFrame],
     workdir: Path,
     loggers: list,
     cache: StageCache | None = None,
+    epochs: int | None = None,
+    select=None,
 ) -> dict:
-    """Train the model of config slot `slot` on (`train`, `targets`), then write `<name>.parquet`
-    (id, prob, label) for every frame in `predict`. Returns the stage record; test metrics come
-    from `predict['test']`. A non-finite loss or prediction raises TrainingDiverged."""
+    """Train `spec` (the model of config slot `slot`) on (`train`, `targets`), validating on
+    (`val`, `val_targets`), then write `<name>.parquet` (id, prob) for every frame in `predict`.
+    `select` (a `methods.selection` strategy) may keep the best checkpoint by validation. The
+    frames may lack a `label` column: a stage never needs ground truth it was not given. Returns
+    the stage record. A non-finite loss or prediction raises TrainingDiverged."""
     L.seed_everything(cfg.seed, workers=True)  # each stage starts from the same state, cached or not
     system = ClassifierSystem(
         spec, loss, instantiate(cfg.optimizer), cfg.train.warmup_ratio, cfg.train.grad_clip, stage, slot
     )
     trainer = instantiate(
         cfg.trainer,
-        max_epochs=cfg.train.epochs,
+        max_epochs=epochs or cfg.train.epochs,
         logger=loggers or False,
         default_root_dir=str(workdir),
-        callbacks=stage_callbacks(cfg, stage),
+        callbacks=stage_callbacks(cfg, stage) + (select.callbacks() if select else []),
+        **(select.trainer_overrides(len(train), spec.batch_size) if select else {}),
     )
     inputs = Inputs(cfg, spec, slot, system, trainer, cache, stage)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     train_examples = inputs(train, targets, "train")
-    val_examples = inputs(val, val["label"], "val")
+    val_examples = inputs(val, val_targets, "val")
     start = time.perf_counter()
     trainer.fit(
         system,
@@ -150,22 +155,21 @@ def fit_predict(
         "model": spec.name,
         "n_train": len(train),
         "train_seconds": train_seconds,
-        "train_examples_per_s": cfg.train.epochs * len(train) / train_seconds,
+        "train_examples_per_s": (epochs or cfg.train.epochs) * len(train) / train_seconds,
         "val": {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if "/val/" in k},
     }
+    if select:
+        record["selected"] = select.restore(system)
     start = time.perf_counter()
     for name, frame in predict.items():
-        examples = inputs(frame, frame["label"], name)
+        examples = inputs(frame, np.zeros(len(frame)), name)
         probs = run_predict(trainer, system, examples, spec.eval_batch_size, inputs.pad_id).astype(np.float64)
         if not np.isfinite(probs).all():
             raise TrainingDiverged(
                 f"stage {stage}: {int((~np.isfinite(probs)).sum())} of {len(probs)} predictions on {name} are not "
                 f"finite ({slot}.lr={spec.lr}); nothing of this stage is cached; fix: lower {slot}.lr"
             )
-        predictions = pd.DataFrame({"id": frame["id"], "prob": probs, "label": frame["label"]})
-        predictions.to_parquet(workdir / f"{name}.parquet")
-        if name == "test":
-            record["test"] = binary_metrics(probs, frame["label"].to_numpy())
+        pd.DataFrame({"id": frame["id"], "prob": probs}).to_parquet(workdir / f"{name}.parquet")
     record["predict_seconds"] = time.perf_counter() - start
     record["truncated"] = inputs.truncated
     record.update(peak_memory())

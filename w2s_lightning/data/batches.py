@@ -102,7 +102,8 @@ def encode(frame, tokenizer, max_length: int, targets, keep_end: bool, where: st
             max_length,
             hard,
         )
-        check_collisions(ids, frame, set(long), where, max_length, knob)
+        if "label" in frame:  # unlabelled sets (B as a method sees it) are checked where they are labelled
+            check_collisions(ids, frame, set(long), where, max_length, knob)
     examples = EncodedExamples(ids, targets)
     examples.truncated_fraction = len(long) / max(1, len(ids))
     return examples
