@@ -1,5 +1,5 @@
 """One stage of a weak-to-strong experiment in a process of its own, so its peak memory is
-its own. Feeds `stages.fit_predict` what `pipeline.Experiment` would; the student reads the
+its own. Feeds `stages.fit_predict` what `experiment.Experiment` would; the student reads the
 weak labels an earlier `weak` worker wrote into the same work folder. Writes <stage>.json.
 
     python -m bench.stage_worker {weak,ceiling,student} WORKDIR THREADS [OVERRIDE ...]
@@ -75,7 +75,15 @@ def main(argv: list[str]) -> None:
     record["rss_before_bytes"] = status_kib("VmRSS") * kib
     record["peak_scope"] = "stage" if reset_peak_rss() else "process"
     start = time.perf_counter()
-    fit = fit_predict(cfg, stage=stage, val=splits.val, workdir=stage_dir, loggers=[], **inputs)
+    fit = fit_predict(
+        cfg,
+        stage=stage,
+        val=splits.val,
+        val_targets=splits.val["label"].to_numpy(float),
+        workdir=stage_dir,
+        loggers=[],
+        **inputs,
+    )
     record.update(seconds=time.perf_counter() - start, n_train=fit["n_train"])
     # Not ru_maxrss: across fork and exec it keeps the parent's size, so a large parent would
     # hide every stage's own peak.

@@ -186,8 +186,8 @@ def test_report_markdown_lists_tables_and_skips(sweep):
     text = sweep[1]["report"].read_text()
     assert report.SPREAD in text
     xent_median = statistics.median(hand_pgr(w, s, "xent", seed) for w, s, seed in COUNTED["xent"])
-    assert f"| sciq | xent | {xent_median:.3f} |" in text
-    assert "## Per pair" in text and "| sciq | tiny | big | logconf | 2 |" in text
+    assert f"| sciq | xent | weak | {xent_median:.3f} |" in text
+    assert "## Per pair" in text and "| sciq | tiny | big | logconf | weak | 2 |" in text
     assert f"- big → small (loss logconf, xent; seeds 0, 1): {SKIP_REASON}" in text
     assert "ceiling <= weak in 1 seed(s)" in text
 
@@ -213,7 +213,7 @@ def test_cli_writes_the_files(tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "median PGR" in done.stdout and "| sciq | logconf |" in done.stdout
+    assert "median PGR" in done.stdout and "| sciq | logconf | weak |" in done.stdout
     for name in ("summary.csv", "report.md", "accuracy_vs_size_xent.png", "pgr_heatmap_logconf.png"):
         assert (sweep_dir / name).is_file()
 

@@ -67,7 +67,7 @@ def test_loss_parameters_give_one_row_per_label(tmp_path, caplog):
         frame = report.collect(write_sweep(tmp_path, variants))
     assert "pools them" not in caplog.text
     medians = report.median_pgr_table(frame)
-    assert list(medians.columns) == ["dataset", "loss", *MEDIAN_COLUMNS]  # aux_coef follows from the label
+    assert list(medians.columns) == ["dataset", "loss", "method", *MEDIAN_COLUMNS]  # aux_coef follows from the label
     assert sorted(medians["loss"]) == sorted(labels.values())
     assert (medians["runs"] == 4).all()
     assert (frame["loss_name"] == "logconf").all()
@@ -81,7 +81,7 @@ def test_a_swept_setting_becomes_a_column(tmp_path, key, values):
     sweep_dir = write_sweep(tmp_path, {f"v{value}": {key: value} for value in values})
     written = report.write_report(sweep_dir)
     medians = report.median_pgr_table(report.collect(sweep_dir))
-    assert list(medians.columns) == ["dataset", "loss", key, *MEDIAN_COLUMNS]
+    assert list(medians.columns) == ["dataset", "loss", "method", key, *MEDIAN_COLUMNS]
     assert list(medians[key]) == list(values) and (medians["runs"] == 3).all()
     summary = pd.read_csv(written["summary"])
     assert sorted(summary[key].unique()) == sorted(values)
@@ -89,8 +89,8 @@ def test_a_swept_setting_becomes_a_column(tmp_path, key, values):
     text = written["report"].read_text()
     assert f"besides models, loss and seed (a column each): {key}." in text
     for value in values:
-        assert f"| sciq | xent | {value} | 0.600 |" in text
-        assert f"| sciq | tiny | big | xent | {value} | 2 |" in text
+        assert f"| sciq | xent | weak | {value} | 0.600 |" in text
+        assert f"| sciq | tiny | big | xent | weak | {value} | 2 |" in text
         figure = written[f"pgr_heatmap_xent_{key}_{value}"]
         assert figure.read_bytes()[:8] == PNG_MAGIC
 
@@ -149,10 +149,10 @@ def test_unfinished_jobs_are_listed_and_never_counted(tmp_path):
     assert "19 jobs, 12 finished, 4 skipped, 3 did not finish." in text
     section = text.split("## Jobs that did not finish")[1]
     assert (
-        "- `90_failed` (tiny → big, loss xent, seed 2): failed in stage student: RuntimeError: CUDA out of memory"
+        "- `90_failed` (tiny → big, loss xent, method weak, seed 2): failed in stage student: RuntimeError: CUDA out of memory"
         in section
     )
-    assert "- `91_running` (tiny → small, loss xent, seed 3): still marked running" in section
+    assert "- `91_running` (tiny → small, loss xent, method weak, seed 3): still marked running" in section
     assert "- `92_killed` (overrides: weak_model=tiny strong_model=big seed=4): no results.json" in section
 
 
@@ -171,7 +171,7 @@ def test_old_results_without_config_still_report(tmp_path):
     frame = report.collect(write_fake_sweep(tmp_path))
     assert not [c for c in frame.columns if c.startswith("config.")]
     medians = report.median_pgr_table(frame)
-    assert list(medians.columns) == ["dataset", "loss", *MEDIAN_COLUMNS]
+    assert list(medians.columns) == ["dataset", "loss", "method", *MEDIAN_COLUMNS]
     assert set(medians["loss"]) == {"xent", "logconf"}
 
 

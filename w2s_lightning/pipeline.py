@@ -129,12 +129,14 @@ def train_student(exp: Experiment, start: Start, labels: Labels, loss, select) -
     cfg = exp.cfg
     keep = labels.b["keep"].to_numpy() if "keep" in labels.b else slice(None)
     spec = start.spec if cfg.student.lr is None else OmegaConf.merge(start.spec, {"lr": cfg.student.lr})
+    targets = labels.b["prob"].to_numpy()[keep]
+    loss.prepare(targets)  # losses with a statistic of the whole training set (window's midweak radius)
     return exp.stage(
         "student",
         spec,
         "strong_model",
         exp.unlabelled("b")[keep],
-        labels.b["prob"].to_numpy()[keep],
+        targets,
         loss,
         select.val_targets(exp, labels),
         {"val": exp.unlabelled("val"), "test": exp.unlabelled("test")},

@@ -16,14 +16,14 @@ log = logging.getLogger(__name__)
 RESULTS = "results.json"
 MISSING = "missing"  # status of a job folder without results.json: killed before writing one
 FINISHED = ("done", "skipped")
-PAIR = ["dataset", "weak_model", "strong_model", "loss"]
+PAIR = ["dataset", "weak_model", "strong_model", "loss", "method"]
 RUN = [*PAIR, "seed"]
 CONFIG = "config."
 # Keys that differ between jobs without changing what a job computes (as the stage cache keys
 # leave them out), besides everything under cache.*.
 BOOKKEEPING = ("name", "save_weights", "dataset.local_path")
 # Always present, so a sweep whose runs were all skipped still yields the same table shape.
-IDENTITY = ["name", "dataset", "weak_model", "strong_model", "weak_size", "strong_size", "loss", "seed"]
+IDENTITY = ["name", "dataset", "weak_model", "strong_model", "weak_size", "strong_size", "loss", "method", "seed"]
 OUTCOME = ["status", "reason", "error", "failed_stage", "pgr", "pgr_auroc"]
 NUMERIC_COLUMNS = ["weak_size", "strong_size", "pgr", "pgr_auroc", "weak_acc", "student_acc", "ceiling_acc"]
 
@@ -90,6 +90,9 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
     for column in NUMERIC_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64")
+    # Results written before methods were recorded ran the plain weak supervisor.
+    frame["method"] = frame["method"].where(frame["method"].notna() | (frame["status"] == MISSING), "weak")
+    frame["oracle"] = frame["oracle"].fillna(False).astype(bool) if "oracle" in frame else False
     swept = swept_settings(frame)
     for key in swept:
         # "" rather than NaN for jobs without the key: grouping on NaN turns 1 and 2 into 1.0 and 2.0.
@@ -98,7 +101,7 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
     rest = [c for c in frame.columns if c not in leading and not c.startswith(CONFIG)]
     frame = frame[leading + rest + [c for c in frame.columns if c.startswith(CONFIG)]]
     frame = frame.sort_values(
-        ["dataset", "loss", "weak_size", "weak_model", "strong_size", "strong_model", "seed"],
+        ["dataset", "loss", "method", "weak_size", "weak_model", "strong_size", "strong_model", "seed"],
         kind="stable",
         ignore_index=True,
     )
@@ -107,8 +110,8 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
 
 
 def swept_settings(frame: pd.DataFrame) -> list[str]:
-    """Config keys that take more than one value among jobs with the same dataset, models, loss
-    and seed: knobs the named columns cannot tell apart (train.epochs=1,2; a weak_model.lr set
+    """Config keys that take more than one value among jobs with the same dataset, models, loss,
+    method and seed: knobs the named columns cannot tell apart (train.epochs=1,2; a weak_model.lr set
     for some jobs of a model only). Keys that follow from those columns (weak_model.*, loss.*,
     seed) never vary within such a group, so they stay out."""
     keys = [c[len(CONFIG) :] for c in frame.columns if c.startswith(CONFIG)]

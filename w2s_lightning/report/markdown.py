@@ -8,7 +8,14 @@ from pathlib import Path
 import pandas as pd
 
 from w2s_lightning.report.collect import MISSING, swept_settings, unfinished
-from w2s_lightning.report.tables import EXCLUDED, SPREAD, grouped_settings, median_pgr_table, pair_table
+from w2s_lightning.report.tables import (
+    EXCLUDED,
+    SPREAD,
+    grouped_settings,
+    median_pgr_table,
+    method_ranking,
+    pair_table,
+)
 
 AGGREGATIONS = (
     "Two aggregations. **Median PGR, per seed**: every (pair, seed) run's PGR from its own weak, student "
@@ -45,6 +52,7 @@ def median_markdown(medians: pd.DataFrame) -> str:
     header = [
         "dataset",
         "loss",
+        "method",
         *swept,
         "median PGR, per seed",
         f"PGR spread ({SPREAD})",
@@ -58,6 +66,7 @@ def median_markdown(medians: pd.DataFrame) -> str:
         [
             r.dataset,
             r.loss,
+            f"{r.method} (oracle)" if r.oracle else r.method,
             *(setting(r[key]) for key in swept),
             r.median_pgr,
             "" if pd.isna(r.seed_median_min) else f"{r.seed_median_min:.3f} – {r.seed_median_max:.3f}",
@@ -72,15 +81,31 @@ def median_markdown(medians: pd.DataFrame) -> str:
     return markdown_table(header, rows)
 
 
+def ranking_markdown(medians: pd.DataFrame) -> str:
+    """Methods (with their loss) ranked by median PGR per seed; oracles listed apart, unranked."""
+    ranked = method_ranking(medians)
+    swept = grouped_settings(medians)
+    header = ["rank", "dataset", "method", "loss", *swept, "median PGR, per seed", f"spread ({SPREAD})", "seeds"]
+    rows, rank = [], 0
+    for _, r in ranked.iterrows():
+        rank += not r.oracle
+        spread = "" if pd.isna(r.seed_median_min) else f"{r.seed_median_min:.3f} – {r.seed_median_max:.3f}"
+        label = "oracle, not ranked" if r.oracle else rank
+        rows.append(
+            [label, r.dataset, r.method, r.loss, *(setting(r[k]) for k in swept), r.median_pgr, spread, r.seeds]
+        )
+    return markdown_table(header, rows)
+
+
 def pair_markdown(pairs: pd.DataFrame, swept: list[str]) -> str:
-    header = ["dataset", "weak", "strong", "loss", *swept, "seeds", "weak acc", "student acc", "ceiling acc"]
+    header = ["dataset", "weak", "strong", "loss", "method", *swept, "seeds", "weak acc", "student acc", "ceiling acc"]
     header += ["PGR (mean over seeds)", "seeds with PGR", "note"]
     rows = []
     for _, r in pairs.iterrows():
         note = "self-pair, not in the median" if r.weak_model == r.strong_model else ""
         if r.pgr_seeds < r.seeds:
             note = note or f"ceiling <= weak in {r.seeds - r.pgr_seeds} seed(s)"
-        pair = [r.dataset, r.weak_model, r.strong_model, r.loss, *(setting(r[key]) for key in swept)]
+        pair = [r.dataset, r.weak_model, r.strong_model, r.loss, r.method, *(setting(r[key]) for key in swept)]
         rows.append([*pair, r.seeds, r.weak_acc, r.student_acc, r.ceiling_acc, r.pgr, r.pgr_seeds, note])
     return markdown_table(header, rows)
 
@@ -107,7 +132,7 @@ def unfinished_markdown(frame: pd.DataFrame, swept: list[str]) -> str:
             what = f"overrides: {r.overrides}" if setting(r.get("overrides")) else "no overrides recorded"
         else:
             settings = "".join(f", {key}={setting(r[key])}" for key in swept if setting(r[key]))
-            what = f"{r.weak_model} → {r.strong_model}, loss {r.loss}, seed {r.seed}{settings}"
+            what = f"{r.weak_model} → {r.strong_model}, loss {r.loss}, method {r.method}, seed {r.seed}{settings}"
         if r.status == "failed":
             why = f"failed in stage {setting(r.failed_stage) or '?'}: {setting(r.error)}"
         elif r.status == "running":
@@ -132,7 +157,11 @@ def render_markdown(sweep_dir: Path, frame: pd.DataFrame, figures: dict[str, Pat
     parts += [
         "## Median PGR",
         AGGREGATIONS,
-        median_markdown(median_pgr_table(frame)),
+        median_markdown(medians := median_pgr_table(frame)),
+        "## Methods ranked by median PGR",
+        "Each method with its loss, best first; methods that read ground truth (oracles) are listed after "
+        "the others and not ranked.",
+        ranking_markdown(medians),
         "## Per pair (mean over seeds)",
         pair_markdown(pair_table(frame), swept),
         "## Skipped pairs",

@@ -19,6 +19,7 @@ MEDIAN_COLUMNS = [
     "runs",
     "runs_mean_acc",
     *(f"excluded_{k}" for k in EXCLUDED),
+    "oracle",
 ]
 
 
@@ -56,7 +57,7 @@ def median_pgr_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Per dataset, loss and swept setting: (a) the median PGR over all counted (pair, seed)
     runs, each run's PGR from its own accuracies, with its spread across seeds as the min and
     max of the per-seed medians over pairs; (b) the median of `mean_acc_pgr` over its runs."""
-    keys = ["dataset", "loss", *swept_settings(frame)]
+    keys = ["dataset", "loss", "method", *swept_settings(frame)]
     rows = []
     for values, group in with_results(frame).groupby(keys, sort=True, dropna=False):
         counted = counted_runs(group)
@@ -74,6 +75,7 @@ def median_pgr_table(frame: pd.DataFrame) -> pd.DataFrame:
                 "pairs": len(counted[["weak_model", "strong_model"]].drop_duplicates()),
                 "runs": len(counted),
                 "runs_mean_acc": len(by_mean_acc),
+                "oracle": bool(group["oracle"].any()),
                 **{f"excluded_{k}": int(excluded.get(k, 0)) for k in EXCLUDED},
             }
         )
@@ -82,7 +84,15 @@ def median_pgr_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def grouped_settings(medians: pd.DataFrame) -> list[str]:
     """The swept settings a median table is grouped by: its columns between loss and the medians."""
-    return list(medians.columns[2 : medians.columns.get_loc("median_pgr")])
+    return list(medians.columns[3 : medians.columns.get_loc("median_pgr")])
+
+
+def method_ranking(medians: pd.DataFrame) -> pd.DataFrame:
+    """Every (loss, method, swept setting) row of the median table, best median PGR (per seed)
+    first; methods that read ground truth (oracles) after all others, whatever their score."""
+    ranked = medians.assign(has_pgr=medians["median_pgr"].notna())
+    ranked = ranked.sort_values(["dataset", "oracle", "has_pgr", "median_pgr"], ascending=[True, True, False, False])
+    return ranked.drop(columns="has_pgr").reset_index(drop=True)
 
 
 def pair_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -100,5 +110,5 @@ def pair_table(frame: pd.DataFrame) -> pd.DataFrame:
         pgr_seeds=("pgr", "count"),
     )
     return table.reset_index().sort_values(
-        ["dataset", "loss", "weak_size", "strong_size"], kind="stable", ignore_index=True
+        ["dataset", "loss", "method", "weak_size", "strong_size"], kind="stable", ignore_index=True
     )
