@@ -15,8 +15,11 @@ from w2s_lightning.methods import method_label, uses_ground_truth
 from w2s_lightning.metrics import agreement, binary_metrics, pgr
 
 
-def stage_entry(stages: list[StageResult]) -> dict:
-    """Where a result came from: cached or trained, its key(s), its time."""
+def stage_entry(stages: list[StageResult], key: str | None = None) -> dict:
+    """Where a result came from: cached or trained, its key(s), its time. Labels read from a
+    file come from no stage: only their key."""
+    if not stages:
+        return {"truncated": {}, "cached": None, "key": key, "train_seconds": 0.0, "cache_path": None}
     return {
         "truncated": stages[0].record.get("truncated", {}),
         "cached": all(s.cached for s in stages),
@@ -44,8 +47,19 @@ def test_scores(frame: pd.DataFrame | None, truth: np.ndarray) -> dict | None:
     return None if frame is None else binary_metrics(frame["prob"].to_numpy(), truth)
 
 
+def save_labels(exp: Experiment, weak: Labels, labels: Labels) -> None:
+    """weak_labels.parquet: B's weak labels, refined labels and ground truth side by side."""
+    frame = weak.b.rename(columns={"prob": "weak_prob"})
+    if labels is not weak:
+        frame["refined_prob"] = labels.b["prob"].to_numpy()
+        frame["keep"] = labels.b["keep"].to_numpy() if "keep" in labels.b else True
+    frame["gt_label"] = exp.splits.b["label"].to_numpy()
+    frame.to_parquet(exp.out_dir / "weak_labels.parquet")
+
+
 def measure(exp: Experiment, methods: dict, weak: Labels, labels: Labels, ceiling, student) -> dict:
     truth = exp.splits.test["label"].to_numpy()
+    save_labels(exp, weak, labels)
     results = {
         "status": "done",
         "method": method_label(methods),
@@ -57,7 +71,7 @@ def measure(exp: Experiment, methods: dict, weak: Labels, labels: Labels, ceilin
         results["refined_labels"] = label_quality(exp, weak, labels)
     results["weak"] = {
         **(test_scores(weak.test, truth) or {"acc": None, "auroc": None}),
-        **stage_entry(weak.stages),
+        **stage_entry(weak.stages, weak.key),
     }
     for name, stage in (("ceiling", ceiling), ("student", student)):
         results[name] = {**test_scores(exp.predictions(stage, "test"), truth), **stage_entry([stage])}
