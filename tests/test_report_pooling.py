@@ -91,7 +91,7 @@ def test_a_swept_setting_becomes_a_column(tmp_path, key, values):
     for value in values:
         assert f"| sciq | xent | weak | {value} | 0.600 |" in text
         assert f"| sciq | tiny | big | xent | weak | {value} | 2 |" in text
-        figure = written[f"pgr_heatmap_xent_{key}_{value}"]
+        figure = written[f"pgr_heatmap_{key}_{value}"]
         assert figure.read_bytes()[:8] == PNG_MAGIC
 
 
@@ -189,4 +189,4 @@ def test_wandb_run_carries_swept_settings_of_mixed_types(tmp_path, monkeypatch):
     assert sorted(str(r["trainer.devices"]) for r in rows) == ["1", "auto"]
     assert [r["median_pgr_mean_acc"] for r in rows] == pytest.approx([0.625, 0.625])
     for devices in ("auto", 1):
-        assert written[f"accuracy_vs_size_xent_trainer.devices_{devices}"].is_file()
+        assert written[f"accuracy_vs_size_trainer.devices_{devices}"].is_file()

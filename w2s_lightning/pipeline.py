@@ -43,10 +43,10 @@ def pair_skip_reason(cfg: DictConfig) -> str | None:
     return None
 
 
-def run(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float | None:
     """Run one experiment; return the score a sweeper may optimise: the student's accuracy on
-    validation labelled by the weak supervisor (NaN when skipped, which a sweeper reads as a
-    failed trial). A run that fails leaves results.json with status "failed", the stage and the
+    validation labelled by the weak supervisor (None when skipped, which a sweeper reads as a
+    failed trial; Optuna's study would stop on a NaN). A run that fails leaves results.json with status "failed", the stage and the
     error, and raises again. PGR is in results.json, never the return value: tuning on it would
     tune on the test set."""
     out_dir = Path(cfg.paths.output_dir)
@@ -69,7 +69,7 @@ def run(cfg: DictConfig) -> float:
         if reason := pair_skip_reason(cfg):
             log.warning("skipping pair: %s", reason)
             write_results(out_dir, {**results, "status": "skipped", "reason": reason})
-            return math.nan
+            return None
         # A job killed from here on leaves "running": the sweep report lists it as unfinished.
         write_results(out_dir, {**results, "status": "running"})
         results.update(experiment(cfg, out_dir, student_loss))
