@@ -149,7 +149,8 @@ def test_unfinished_jobs_are_listed_and_never_counted(tmp_path):
     assert "19 jobs, 12 finished, 4 skipped, 3 did not finish." in text
     section = text.split("## Jobs that did not finish")[1]
     assert (
-        "- `90_failed` (tiny → big, loss xent, method weak, seed 2): failed in stage student: RuntimeError: CUDA out of memory"
+        "- `90_failed` (tiny → big, loss xent, method weak, seed 2): "
+        "failed in stage student: RuntimeError: CUDA out of memory"
         in section
     )
     assert "- `91_running` (tiny → small, loss xent, method weak, seed 3): still marked running" in section

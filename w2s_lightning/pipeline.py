@@ -46,9 +46,9 @@ def pair_skip_reason(cfg: DictConfig) -> str | None:
 def run(cfg: DictConfig) -> float | None:
     """Run one experiment; return the score a sweeper may optimise: the student's accuracy on
     validation labelled by the weak supervisor (None when skipped, which a sweeper reads as a
-    failed trial; Optuna's study would stop on a NaN). A run that fails leaves results.json with status "failed", the stage and the
-    error, and raises again. PGR is in results.json, never the return value: tuning on it would
-    tune on the test set."""
+    failed trial; Optuna's study would stop on a NaN). A run that fails leaves results.json
+    with status "failed", the stage and the error, and raises again. PGR is in results.json,
+    never the return value: tuning on it would tune on the test set."""
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     student_loss = instantiate(cfg.loss)
