@@ -91,9 +91,10 @@ def measure(exp: Experiment, methods: dict, weak: Labels, labels: Labels, ceilin
     auroc = [results[n]["auroc"] for n in ("weak", "student", "ceiling")]
     results["pgr_auroc"] = None if auroc[0] is None else pgr(*auroc)
     stages = {s.path: s for s in [*weak.stages, *labels.stages, ceiling, student]}.values()
+    # Feature extraction (a probe's, a refiner's) is inference: its time counts, not as a training.
     results["cost"] = {
-        "trainings": len(stages),
-        "seconds": sum(s.record["train_seconds"] + s.record.get("predict_seconds", 0.0) for s in stages),
+        "trainings": sum(s.record.get("stage") != "features" for s in stages),
+        "seconds": sum(s.record.get("train_seconds", 0.0) + s.record.get("predict_seconds", 0.0) for s in stages),
     }
     track(exp, results)
     return results

@@ -96,7 +96,8 @@ def experiment(cfg: DictConfig, out_dir: Path, student_loss) -> dict:
     splits = make_splits(instantiate(cfg.dataset.loader, _partial_=True)(), cfg.dataset, cfg.seed)
     splits.save(out_dir / "splits.json")
     exp = Experiment(cfg, splits, out_dir, student_loss.label)
-    methods = {group: instantiate(cfg[group]) for group in ("pretrain", "labels", "refine", "select")}
+    # `_partial_`, then the call: a method's own ConfigError reaches the user unwrapped.
+    methods = {group: instantiate(cfg[group], _partial_=True)() for group in ("pretrain", "labels", "refine", "select")}
 
     start = methods["pretrain"](exp)  # the strong model's starting point
     weak = methods["labels"](exp)  # soft labels for B and validation, and the weak side of PGR
