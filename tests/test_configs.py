@@ -14,7 +14,20 @@ from w2s_lightning.losses import Loss
 
 from .helpers import CONF_DIR
 
-GROUPS = ["weak_model", "strong_model", "dataset", "loss", "trainer", "logger", "experiment"]
+GROUPS = [
+    "weak_model",
+    "strong_model",
+    "dataset",
+    "loss",
+    "trainer",
+    "logger",
+    "experiment",
+    "pretrain",
+    "labels",
+    "refine",
+    "select",
+    "method",
+]
 
 
 def options(group: str) -> list[str]:

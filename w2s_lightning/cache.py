@@ -103,6 +103,16 @@ class StageCache:
     def __init__(self, root: str | Path, enabled: bool = True, force_retrain: bool = False):
         self.root, self.enabled, self.force_retrain = Path(root), enabled, force_retrain
 
+    def portable(self, value):
+        """A path inside the cache (a finetuned backbone) as `cache://<relative path>`, so keys that
+        name it survive moving or copying the cache; any other value as it is."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return "cache://" + str(Path(value).resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return value
+
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 

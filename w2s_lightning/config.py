@@ -80,7 +80,7 @@ def register_model_catalogue(conf_dir: Path = CONF_DIR) -> list[str]:
     return names
 
 
-def dir_name(text: str, limit: int = 150) -> str:
+def dir_name(text: str, limit: int = 200) -> str:
     """`text` as one folder name: any character but ASCII letters, digits and `._=,+-` becomes
     `_` (a `/` in an override value must not make subfolders), and a name over `limit`
     characters keeps its head and ends with a hash of the whole."""

@@ -118,9 +118,11 @@ class Experiment:
         (validation, `val_targets`), predict every frame of `predict`; or read all of it from the
         cache. `key_extra` names whatever else determines the result (the keys of the labels it
         trains on, the loss); `reads` names the splits whose data it reads."""
+        model = key_view(spec)
+        model["pretrained"] = self.cache.portable(model["pretrained"])  # a backbone finetuned into the cache
         payload = {
             **self.common,
-            "model": key_view(spec),
+            "model": model,
             "data": self.splits.fingerprints(*reads),
             "predicts": sorted(predict),
             "epochs": epochs,

@@ -11,7 +11,7 @@ from w2s_lightning.cache import StageResult
 from w2s_lightning.data.splits import SPLIT_NAMES
 from w2s_lightning.experiment import Experiment, Labels
 from w2s_lightning.loggers import close, log_summary, record_cached, stage_loggers
-from w2s_lightning.methods import method_label, uses_ground_truth
+from w2s_lightning.methods import Start, method_label, uses_ground_truth
 from w2s_lightning.metrics import agreement, binary_metrics, pgr
 
 
@@ -57,7 +57,7 @@ def save_labels(exp: Experiment, weak: Labels, labels: Labels) -> None:
     frame.to_parquet(exp.out_dir / "weak_labels.parquet")
 
 
-def measure(exp: Experiment, methods: dict, weak: Labels, labels: Labels, ceiling, student) -> dict:
+def measure(exp: Experiment, methods: dict, start: Start, weak: Labels, labels: Labels, ceiling, student) -> dict:
     truth = exp.splits.test["label"].to_numpy()
     save_labels(exp, weak, labels)
     results = {
@@ -90,7 +90,9 @@ def measure(exp: Experiment, methods: dict, weak: Labels, labels: Labels, ceilin
     results["pgr"] = None if acc["weak"] is None else pgr(acc["weak"], acc["student"], acc["ceiling"])
     auroc = [results[n]["auroc"] for n in ("weak", "student", "ceiling")]
     results["pgr_auroc"] = None if auroc[0] is None else pgr(*auroc)
-    stages = {s.path: s for s in [*weak.stages, *labels.stages, ceiling, student]}.values()
+    if start.stages:
+        results["pretrain"] = stage_entry(start.stages)
+    stages = {s.path: s for s in [*start.stages, *weak.stages, *labels.stages, ceiling, student]}.values()
     # Feature extraction (a probe's, a refiner's) is inference: its time counts, not as a training.
     results["cost"] = {
         "trainings": sum(s.record.get("stage") != "features" for s in stages),

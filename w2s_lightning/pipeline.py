@@ -104,7 +104,7 @@ def experiment(cfg: DictConfig, out_dir: Path, student_loss) -> dict:
     labels = methods["refine"](exp, weak, start)  # relabelled or filtered by the strong model's view
     ceiling = train_ceiling(exp, start)
     student = train_student(exp, start, labels, student_loss, methods["select"])
-    return measure(exp, methods, weak, labels, ceiling, student)
+    return measure(exp, methods, start, weak, labels, ceiling, student)
 
 
 def train_ceiling(exp: Experiment, start: Start) -> StageResult:

@@ -72,6 +72,8 @@ class Inputs:
 
     def features(self, frame: pd.DataFrame, encoded) -> torch.Tensor:
         model = {k: self.spec[k] for k in FEATURE_FIELDS}
+        if self.cache is not None:  # a backbone finetuned into the cache is named relative to it
+            model["pretrained"] = self.cache.portable(model["pretrained"])
         random_weights = self.spec.from_scratch or self.spec.pretrained.startswith(MODEL_TYPE_PREFIX)
         # What the backbone reads: the texts and how they may be cut, not their ids or labels.
         digest = fingerprint(frame.drop(columns=["id", "label", "group"], errors="ignore"))

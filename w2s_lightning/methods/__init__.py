@@ -15,7 +15,7 @@ kept out of the headline numbers. A new method is one module here and one YAML f
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 
@@ -53,6 +53,7 @@ class Start:
 
     spec: object
     key: str | None = None
+    stages: list = field(default_factory=list)  # the stage that made it, for results.json and the cost
 
 
 class Pretrained(Method):

@@ -113,7 +113,7 @@ class GenerativeFinetuning(Method):
         # before), but a hub revision belongs to the hub id only: then the saved copy is read.
         tokenizer = spec.tokenizer or (folder if getattr(spec, "revision", None) else spec.pretrained)
         start = {"pretrained": folder, "tokenizer": tokenizer, "revision": None, "from_scratch": False}
-        return Start(OmegaConf.merge(spec, start), key)
+        return Start(OmegaConf.merge(spec, start), key, [result])
 
     def finetune(self, exp: Experiment, workdir: Path) -> dict:
         cfg, spec = exp.cfg, exp.cfg.strong_model
