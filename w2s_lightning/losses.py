@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from w2s_lightning.errors import ConfigError
+
 LOSSES: dict[str, type[Loss]] = {}
 
 
@@ -38,6 +40,10 @@ class Loss(nn.Module):
 
     def batch_context(self, probs: torch.Tensor, target: torch.Tensor) -> dict:
         return {}
+
+    def prepare(self, train_targets) -> None:
+        """Called once with every training target (p(label = 1), array or tensor) before the
+        student trains, for a loss that needs a statistic of the whole training set."""
 
     @property
     def label(self) -> str:
@@ -122,3 +128,61 @@ class Product(Loss):
         combined = two_class(target.float()).pow(self.alpha) * probs.pow(beta)
         combined = combined / combined.sum(-1, keepdim=True).clamp(min=1e-12)
         return F.cross_entropy(logits.float(), combined)
+
+
+class EntropyRegularized(Loss):
+    """Cross-entropy to the weak labels plus a penalty on the student's own entropy:
+    (1 - c) * xent(weak, student) + c * H(student), c ramping from 0 to `aux_coef` over
+    `warmup_frac`. Minimising H pushes the student to commit to a side where the weak labels
+    are unsure, a soft version of logconf's hardened self-labels (entropy minimisation,
+    Grandvalet & Bengio 2004). This is the `entropy` loss of EleutherAI/w2s (`w2s/loss.py`,
+    logconf with `harden=False`), with one difference: there the student's prediction enters
+    as a detached target, so its value is this one but the entropy term passes no gradient
+    and the loss trains as (1 - c) * xent; here the gradient flows, as the name promises."""
+
+    name = "entropy"
+
+    def __init__(self, aux_coef: float = 0.5, warmup_frac: float = 0.2):
+        super().__init__()
+        self.aux_coef, self.warmup_frac = aux_coef, warmup_frac
+
+    def forward(self, logits, target, progress, context=None):
+        log_probs = F.log_softmax(logits.float(), -1)
+        xent = -(two_class(target.float()) * log_probs).sum(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        coef = ramp(progress, self.aux_coef, self.warmup_frac)
+        return ((1.0 - coef) * xent + coef * entropy).mean()
+
+
+class ConfidenceWindow(Loss):
+    """Cross-entropy to the weak labels on only the examples where the student is still unsure,
+    max(p, 1 - p) < 0.5 + `radius`, summed and divided by the whole batch size (so an example
+    that leaves the window simply stops counting, and a window holding nothing gives 0). Once
+    the student is confident it is no longer pulled back towards the weak label, which leaves
+    room to disagree with the supervisor. No warmup. `radius: midweak` sets the radius to the
+    median of |weak - 0.5| over the student's training set, computed in `prepare`. This is the
+    `window` loss of EleutherAI/w2s (`w2s/loss.py`, default radius 0.15; `w2s/sft.py` for
+    midweak)."""
+
+    name = "window"
+
+    def __init__(self, radius: float | str = 0.15):
+        super().__init__()
+        if isinstance(radius, str) and radius != "midweak":
+            raise ConfigError(f"loss.radius={radius!r}: a number or 'midweak'")
+        self.radius = radius
+        self.resolved_radius = None if radius == "midweak" else float(radius)
+
+    def prepare(self, train_targets):
+        if self.radius == "midweak":
+            # torch's median, the lower middle value for an even count, as EleutherAI/w2s.
+            confidence = (torch.as_tensor(train_targets, dtype=torch.float64) - 0.5).abs()
+            self.resolved_radius = confidence.median().item()
+
+    def forward(self, logits, target, progress, context=None):
+        if self.resolved_radius is None:
+            raise RuntimeError("loss window(radius='midweak') needs loss.prepare(train_targets) before training")
+        logits = logits.float()
+        unsure = torch.softmax(logits, -1).max(-1).values < 0.5 + self.resolved_radius
+        per_example = F.cross_entropy(logits, two_class(target.float()), reduction="none")
+        return per_example[unsure].sum() / logits.shape[0]

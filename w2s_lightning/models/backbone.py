@@ -2,7 +2,8 @@
 
 `pretrained` takes three forms: a hub id (`gpt2`) or local folder, `pkg://module/subdir`
 for weights that a pip package ships (no network), or `model_type:gpt2` for random weights
-from the library's default config of that architecture (throughput checks, tests)."""
+from the library's default config of that architecture (throughput checks, tests). A hub id
+may name a `revision` (branch, tag or commit), such as an earlier Pythia checkpoint."""
 
 from __future__ import annotations
 
@@ -30,6 +31,24 @@ def resolve_source(source: str) -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / subdir)
 
 
+def model_revision(spec) -> str | None:
+    """The entry's `revision`, for its own hub repo. Refused with any other source: a local
+    folder or package holds one snapshot and transformers would silently load it whatever the
+    revision, and random weights have none."""
+    revision = getattr(spec, "revision", None)
+    if revision is None:
+        return None
+    source = spec.pretrained
+    if source.startswith((MODEL_TYPE_PREFIX, PKG_PREFIX)) or Path(source).expanduser().exists():
+        raise ModelLoadError(
+            f"model '{spec.name}' names revision '{revision}', but its source '{source}' is not a hub id "
+            "and has no revisions; fix: set `pretrained` to the hub id, or download that revision "
+            "(huggingface-cli download ID --revision REV --local-dir DIR), point `pretrained` at DIR "
+            "and set revision: null"
+        )
+    return revision
+
+
 def _hub_error(what: str, source: str, key: str, err: Exception) -> ModelLoadError:
     return ModelLoadError(
         f"could not load the {what} '{source}': {err}. If this machine is offline, download it "
@@ -45,7 +64,9 @@ def load_config(spec) -> PretrainedConfig:
     else:
         source = resolve_source(spec.pretrained)
         try:
-            config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code, **overrides)
+            config = AutoConfig.from_pretrained(
+                source, revision=model_revision(spec), trust_remote_code=spec.trust_remote_code, **overrides
+            )
         except OSError as err:
             raise _hub_error("model config", spec.pretrained, "pretrained", err) from err
     if spec.dropout is not None:
@@ -57,13 +78,17 @@ def load_config(spec) -> PretrainedConfig:
 
 def load_tokenizer(spec):
     source = spec.tokenizer or spec.pretrained
+    # A tokenizer from another source has its own revisions; the entry's belongs to `pretrained`.
+    revision = model_revision(spec) if source == spec.pretrained else None
     if source.startswith(MODEL_TYPE_PREFIX):
         raise ModelLoadError(
             f"model '{spec.name}' has random weights ({source}) and so needs an explicit tokenizer; "
             "fix: set its `tokenizer` to a hub id, folder or pkg:// source"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_source(source), trust_remote_code=spec.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            resolve_source(source), revision=revision, trust_remote_code=spec.trust_remote_code
+        )
     except OSError as err:
         raise _hub_error("tokenizer", source, "tokenizer", err) from err
     if tokenizer.pad_token is None:
@@ -75,10 +100,13 @@ def load_tokenizer(spec):
 
 def load_backbone(spec, config: PretrainedConfig | None = None):
     config = config or load_config(spec)
+    revision = model_revision(spec)
     if spec.from_scratch or spec.pretrained.startswith(MODEL_TYPE_PREFIX):
         return AutoModel.from_config(config, trust_remote_code=spec.trust_remote_code)
     source = resolve_source(spec.pretrained)
     try:
-        return AutoModel.from_pretrained(source, config=config, trust_remote_code=spec.trust_remote_code)
+        return AutoModel.from_pretrained(
+            source, config=config, revision=revision, trust_remote_code=spec.trust_remote_code
+        )
     except OSError as err:
         raise _hub_error("model weights", spec.pretrained, "pretrained", err) from err
