@@ -6,6 +6,10 @@ python train.py -m weak_model=tiny_bert strong_model=tiny_gpt2 seed=0,1
 
 A mistake in the input (a knob out of range, a bad data file) prints one line, `error: ...`,
 that names the fix, and exits with status 2; in a sweep the other jobs go on.
+
+It prints the run folder first and a summary (accuracies, PGR, where results.json is) last; on a
+terminal each stage shows a progress bar, in a log file one line per epoch. Library chatter
+(Lightning's tips, W&B's banners, known deprecation warnings) stays off unless `verbose=true`.
 """
 
 import hydra

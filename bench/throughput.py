@@ -136,6 +136,7 @@ def run_framework(work: Workload) -> Run:
             max_epochs=work.epochs(),
             max_steps=work.total,
             logger=False,
+            enable_progress_bar=False,  # a bar would cost time inside the timed window
             default_root_dir=str(Path(tmp)),
             callbacks=[clock],
             enable_checkpointing=False,

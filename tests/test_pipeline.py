@@ -104,7 +104,7 @@ def test_uncached_rerun_reproduces_the_same_numbers(make_cfg, base_run):
         ("dataset.n_weak=80", {"weak", "ceiling", "student"}),  # B is drawn after A, so it moves too
         ("loss=logconf", {"student"}),
         ("logger=csv", set()),
-        ("trainer.enable_progress_bar=true", set()),
+        ("trainer.enable_progress_bar=false", set()),
         ("name=another_study", set()),
         ("strong_model.notes=measured_on_a_100", set()),
     ],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +61,16 @@ def main_task(cfg: DictConfig) -> float | None:
     """The body of `train.py`: one experiment, whose PGR a sweeper can optimise."""
     # Imported here, not above: torch and Lightning take seconds to import, and a typo in an
     # override, `--help` or `--cfg job` should answer at once.
+    from w2s_lightning import console
+
+    console.setup(cfg)  # before the pipeline imports anything that talks
     from w2s_lightning.pipeline import run
 
-    return report_errors(run, cfg)
+    started = time.perf_counter()
+    console.announce(cfg)
+    try:
+        return report_errors(run, cfg)
+    finally:
+        # Also after a failure: the block names the stage. A sweep ends with its own table instead.
+        if not in_multirun():
+            console.summary(cfg, time.perf_counter() - started)

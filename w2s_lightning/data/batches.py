@@ -93,7 +93,9 @@ def encode(frame, tokenizer, max_length: int, targets, keep_end: bool, where: st
             hard += 1
             ids[i] = ids[i][-max_length:] if keep_end else ids[i][:max_length]
     if long:
-        log.info(
+        # The share is in results.json either way; the log speaks up when it is more than a few.
+        log.log(
+            logging.INFO if len(long) > 0.05 * len(ids) else logging.DEBUG,
             "%s: fitted %d/%d examples (%.1f%%) to %d tokens (%d by cutting the whole text, not a passage)",
             where,
             len(long),

@@ -65,12 +65,19 @@ class ReportCallback(Callback):
     with `python -m w2s_lightning.report <sweep_dir>`. A job that failed or did not finish
     makes the multirun exit non-zero, so a script or scheduler running the sweep sees it."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        # The launcher reads the same config object, so `${now:...}` resolves to the same folder.
+        print(f"sweep folder: {Path(config.hydra.sweep.dir)}", flush=True)
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir, frame = None, None
         try:
             sweep_dir = config.hydra.sweep.dir
             frame = collect(sweep_dir)
-            write_report(sweep_dir, OmegaConf.select(config, "logger.wandb", default=None), frame)
+            written = write_report(sweep_dir, OmegaConf.select(config, "logger.wandb", default=None), frame)
+            # The sweep's answer on the terminal, not only in report.md.
+            print(f"\n{median_markdown(median_pgr_table(frame))}\n", flush=True)
+            print(f"sweep folder: {Path(sweep_dir)}  (report: {written['report'].name})", flush=True)
         except Exception:
             log.exception(
                 "writing the sweep report for %s failed; the runs are intact, rebuild it with "
