@@ -150,8 +150,7 @@ def test_unfinished_jobs_are_listed_and_never_counted(tmp_path):
     section = text.split("## Jobs that did not finish")[1]
     assert (
         "- `90_failed` (tiny → big, loss xent, method weak, seed 2): "
-        "failed in stage student: RuntimeError: CUDA out of memory"
-        in section
+        "failed in stage student: RuntimeError: CUDA out of memory" in section
     )
     assert "- `91_running` (tiny → small, loss xent, method weak, seed 3): still marked running" in section
     assert "- `92_killed` (overrides: weak_model=tiny strong_model=big seed=4): no results.json" in section
