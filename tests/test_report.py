@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from w2s_lightning import report
+from w2s_lightning.loggers import folder_group
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -248,7 +249,9 @@ def test_wandb_settings_follow_the_logger_rules(tmp_path, monkeypatch):
     cfg = OmegaConf.create({"project": "p", "group": "${name}", "offline": True, "save_dir": "${hydra:runtime.x}"})
     settings = report.wandb_settings(cfg, tmp_path / "sweep", frame)
     assert settings["dir"] == str(tmp_path / "sweep")
-    assert settings["group"] == "w2s" and settings["job_type"] == "report" and settings["mode"] == "offline"
+    # The default name is no group: the sweep folder is, as for the stage runs.
+    assert settings["group"] == folder_group(tmp_path / "sweep")
+    assert settings["job_type"] == "report" and settings["mode"] == "offline"
     monkeypatch.setenv("WANDB_MODE", "online")
     assert report.wandb_settings(cfg, tmp_path / "sweep", frame)["mode"] is None
 

@@ -11,6 +11,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from w2s_lightning.loggers import DEFAULT_NAME, folder_group
 from w2s_lightning.report.markdown import median_markdown
 from w2s_lightning.report.tables import grouped_settings
 
@@ -40,8 +41,9 @@ def wandb_settings(wandb_cfg, sweep_dir: Path, frame: pd.DataFrame) -> dict:
     or WANDB_MODE=online says otherwise, grouped with the sweep's runs."""
     cfg = lenient_container(wandb_cfg)
     offline = bool(cfg.get("offline", True)) and os.environ.get("WANDB_MODE") != "online"
-    names = frame["name"].dropna().astype(str).unique()
-    group = cfg.get("group") or (names[0] if len(names) == 1 else sweep_dir.name)
+    # The stage loggers' rule: a name the user chose, else the sweep folder.
+    names = [n for n in frame["name"].dropna().astype(str).unique() if n != DEFAULT_NAME]
+    group = cfg.get("group") or (names[0] if len(names) == 1 else folder_group(sweep_dir))
     save_dir = Path(cfg.get("save_dir") or sweep_dir)
     return {
         "project": cfg.get("project"),
