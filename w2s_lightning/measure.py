@@ -11,7 +11,7 @@ from w2s_lightning.cache import StageResult
 from w2s_lightning.data.splits import SPLIT_NAMES
 from w2s_lightning.experiment import Experiment, Labels
 from w2s_lightning.loggers import close, log_summary, record_cached, stage_loggers
-from w2s_lightning.methods import Start, method_label, uses_ground_truth
+from w2s_lightning.methods import Start, uses_ground_truth
 from w2s_lightning.metrics import agreement, binary_metrics, pgr
 
 
@@ -62,7 +62,6 @@ def measure(exp: Experiment, methods: dict, start: Start, weak: Labels, labels: 
     save_labels(exp, weak, labels)
     results = {
         "status": "done",
-        "method": method_label(methods),
         "oracle": uses_ground_truth(methods) or weak.uses_ground_truth or labels.uses_ground_truth,
         "weak_labels": binary_metrics(weak.b["prob"].to_numpy(), exp.splits.b["label"].to_numpy()),
         "data": {"guard": exp.splits.guard, "fingerprints": exp.splits.fingerprints(*SPLIT_NAMES)},

@@ -28,7 +28,7 @@ from w2s_lightning.errors import ConfigError, W2SError
 from w2s_lightning.experiment import Experiment, Labels, plain
 from w2s_lightning.losses import CrossEntropy
 from w2s_lightning.measure import measure
-from w2s_lightning.methods import Start
+from w2s_lightning.methods import Start, method_label, uses_ground_truth
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,15 @@ def run(cfg: DictConfig) -> float | None:
     }
     try:
         check_config(cfg)
+        methods = build_methods(cfg)
+        results.update(method=method_label(methods), oracle=uses_ground_truth(methods))
         if reason := pair_skip_reason(cfg):
             log.warning("skipping pair: %s", reason)
             write_results(out_dir, {**results, "status": "skipped", "reason": reason})
             return None
         # A job killed from here on leaves "running": the sweep report lists it as unfinished.
         write_results(out_dir, {**results, "status": "running"})
-        results.update(experiment(cfg, out_dir, student_loss))
+        results.update(experiment(cfg, out_dir, student_loss, methods))
     except Exception as error:
         # Bugs too: a sweep's report must list the job as failed, not as running.
         stage = getattr(error, "stage", "config" if isinstance(error, ConfigError) else "data")
@@ -90,14 +92,18 @@ def run(cfg: DictConfig) -> float | None:
     return results["student"]["val_weak_acc"]
 
 
-def experiment(cfg: DictConfig, out_dir: Path, student_loss) -> dict:
+def build_methods(cfg: DictConfig) -> dict:
+    """The four method steps. `_partial_`, then the call: a method's own ConfigError reaches the
+    user unwrapped by instantiate."""
+    return {group: instantiate(cfg[group], _partial_=True)() for group in ("pretrain", "labels", "refine", "select")}
+
+
+def experiment(cfg: DictConfig, out_dir: Path, student_loss, methods: dict) -> dict:
     """The recipe; returns what results.json adds to the run's identity."""
     # `_partial_` so that a loader's own error reaches the user unwrapped by instantiate.
     splits = make_splits(instantiate(cfg.dataset.loader, _partial_=True)(), cfg.dataset, cfg.seed)
     splits.save(out_dir / "splits.json")
     exp = Experiment(cfg, splits, out_dir, student_loss.label)
-    # `_partial_`, then the call: a method's own ConfigError reaches the user unwrapped.
-    methods = {group: instantiate(cfg[group], _partial_=True)() for group in ("pretrain", "labels", "refine", "select")}
 
     start = methods["pretrain"](exp)  # the strong model's starting point
     weak = methods["labels"](exp)  # soft labels for B and validation, and the weak side of PGR

@@ -59,6 +59,7 @@ class Inputs:
         self.tokenizer = load_tokenizer(spec)
         self.pad_id = self.tokenizer.pad_token_id
         self.truncated: dict[str, float] = {}  # share of each split's texts cut to fit max_length
+        self.feature_entries: list = []  # cache entries of the frozen features computed or read
 
     def __call__(self, frame: pd.DataFrame, targets, split: str):
         keep_end = self.system.model.pooling == "last"
@@ -104,6 +105,7 @@ class Inputs:
 
         cache = self.cache or StageCache(Path(self.trainer.default_root_dir) / "features", enabled=False)
         result = cache.run("features", key, compute)
+        self.feature_entries.append(result)  # a method's cost and keys name the features it read
         return torch.load(result.path / "features.pt")
 
 

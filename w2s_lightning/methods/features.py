@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from hydra.utils import instantiate
 
-from w2s_lightning.cache import StageResult, stage_key
+from w2s_lightning.cache import stage_key
 from w2s_lightning.console import stage_callbacks
 from w2s_lightning.data.batches import encode
 from w2s_lightning.data.splits import aligned
@@ -35,27 +35,16 @@ from w2s_lightning.stages import Inputs
 STAGE = "refine"
 
 
-class Recorder:
-    """A stage cache that keeps the entry it handed out (`Inputs.features` returns only the tensor)."""
-
-    def __init__(self, cache):
-        self.cache, self.result = cache, None
-
-    def run(self, stage: str, key: str, compute) -> StageResult:
-        self.result = self.cache.run(stage, key, compute)
-        return self.result
-
-
 class FrozenInputs(Inputs):
     """`Inputs` for feature extraction alone: the model and a trainer are built on first use,
     which `Inputs.features` makes only on a cache miss."""
 
     def __init__(self, exp: Experiment, spec):  # Inputs' fields but `system` and `trainer`, built lazily below
         self.cfg, self.spec, self.slot, self.stage = exp.cfg, spec, "strong_model", STAGE
-        self.cache, self.workdir = Recorder(exp.cache), exp.out_dir / STAGE
+        self.cache, self.workdir = exp.cache, exp.out_dir / STAGE
         self.tokenizer = load_tokenizer(spec)
         self.pad_id = self.tokenizer.pad_token_id
-        self.truncated = {}
+        self.truncated, self.feature_entries = {}, []
 
     @cached_property
     def system(self) -> ClassifierSystem:
@@ -73,15 +62,13 @@ def strong_features(exp: Experiment, spec, splits: tuple[str, ...]) -> tuple[dic
     """Float32 features of each split (rows in `exp.unlabelled(split)` order) and their cache entries."""
     inputs = FrozenInputs(exp, spec)
     keep_end = resolve_pooling(spec, load_config(spec)) == "last"
-    features, entries = {}, []
+    features = {}
     for split in splits:
         frame = exp.unlabelled(split)
         where = f"stage {STAGE}, split {split} ({spec.name})"
         encoded = encode(frame, inputs.tokenizer, spec.max_length, np.zeros(len(frame)), keep_end, where)
         features[split] = inputs.features(frame, encoded).float()
-        found = inputs.cache.result
-        entries.append(found)
-    return features, entries
+    return features, inputs.feature_entries
 
 
 def floats(values) -> torch.Tensor:
