@@ -103,7 +103,7 @@ def measure(exp: Experiment, methods: dict, start: Start, weak: Labels, labels: 
 
 def track(exp: Experiment, results: dict) -> None:
     """The metrics run (PGR and every stage's test scores), and a record for cached stages."""
-    tags = exp.tags + (["oracle"] if results["oracle"] else [])
+    tags = exp.tags + (["oracle"] if results["oracle"] and "oracle" not in exp.tags else [])
     scores = {f"{n}/test/{k}": v for n in ("weak", "ceiling", "student") for k, v in results[n].items()}
     scores = {k: v for k, v in scores.items() if isinstance(v, float)}
     for name in ("weak", "ceiling", "student"):

@@ -104,6 +104,7 @@ def experiment(cfg: DictConfig, out_dir: Path, student_loss, methods: dict) -> d
     splits = make_splits(instantiate(cfg.dataset.loader, _partial_=True)(), cfg.dataset, cfg.seed)
     splits.save(out_dir / "splits.json")
     exp = Experiment(cfg, splits, out_dir, student_loss.label)
+    exp.tags += [f"method:{method_label(methods)}"] + (["oracle"] if uses_ground_truth(methods) else [])
 
     start = methods["pretrain"](exp)  # the strong model's starting point
     weak = methods["labels"](exp)  # soft labels for B and validation, and the weak side of PGR

@@ -99,6 +99,8 @@ def ranking_markdown(medians: pd.DataFrame) -> str:
 
 def pair_markdown(pairs: pd.DataFrame, swept: list[str]) -> str:
     header = ["dataset", "weak", "strong", "loss", "method", *swept, "seeds", "weak acc", "student acc", "ceiling acc"]
+    calibration = [c for c in ("weak_ece", "student_ece", "ceiling_ece") if c in pairs]
+    header += [c.replace("_", " ").replace("ece", "ECE") for c in calibration]
     header += ["PGR (mean over seeds)", "seeds with PGR", "note"]
     rows = []
     for _, r in pairs.iterrows():
@@ -106,7 +108,8 @@ def pair_markdown(pairs: pd.DataFrame, swept: list[str]) -> str:
         if r.pgr_seeds < r.seeds:
             note = note or f"ceiling <= weak in {r.seeds - r.pgr_seeds} seed(s)"
         pair = [r.dataset, r.weak_model, r.strong_model, r.loss, r.method, *(setting(r[key]) for key in swept)]
-        rows.append([*pair, r.seeds, r.weak_acc, r.student_acc, r.ceiling_acc, r.pgr, r.pgr_seeds, note])
+        scores = [r.weak_acc, r.student_acc, r.ceiling_acc, *(r[c] for c in calibration)]
+        rows.append([*pair, r.seeds, *scores, r.pgr, r.pgr_seeds, note])
     return markdown_table(header, rows)
 
 

@@ -106,6 +106,8 @@ def pair_table(frame: pd.DataFrame) -> pd.DataFrame:
         weak_acc=("weak_acc", "mean"),
         student_acc=("student_acc", "mean"),
         ceiling_acc=("ceiling_acc", "mean"),
+        # Calibration (expected calibration error), where results.json records it.
+        **{f"{n}_ece": (f"{n}_ece", "mean") for n in ("weak", "student", "ceiling") if f"{n}_ece" in done},
         pgr=("pgr", "mean"),
         pgr_seeds=("pgr", "count"),
     )
