@@ -42,3 +42,17 @@ def compose_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
         cfg.paths.cache_dir = str(tmp_path / "cache")
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def run_identity(weak: str, strong: str, loss: str, seed: int, sizes: dict, name: str = "w2s") -> dict:
+    """The identity fields of a hand-written results.json (report tests)."""
+    return {
+        "weak_model": weak,
+        "strong_model": strong,
+        "weak_size": sizes[weak],
+        "strong_size": sizes[strong],
+        "loss": loss,
+        "dataset": "sciq",
+        "seed": seed,
+        "name": name,
+    }

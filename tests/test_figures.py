@@ -14,6 +14,8 @@ from PIL import Image
 from w2s_lightning import report
 from w2s_lightning.report import figures
 
+from .helpers import run_identity
+
 SIZES = {"gpt2": 1.24e8, "gpt2_medium": 3.55e8, "gpt2_large": 7.74e8, "gpt2_xl": 1.56e9}
 WEAK, STRONG = ("gpt2", "gpt2_medium", "gpt2_large"), ("gpt2_medium", "gpt2_large", "gpt2_xl")
 LOSSES, SEEDS = ("xent", "logconf"), (0, 1, 2)
@@ -39,16 +41,7 @@ def accuracies(weak: str, strong: str, loss: str, seed: int) -> tuple[float, flo
 
 
 def result(weak: str, strong: str, loss: str, seed: int) -> dict:
-    record = {
-        "weak_model": weak,
-        "strong_model": strong,
-        "weak_size": SIZES[weak],
-        "strong_size": SIZES[strong],
-        "loss": loss,
-        "dataset": "sciq",
-        "seed": seed,
-        "name": "ladder",
-    }
+    record = run_identity(weak, strong, loss, seed, SIZES, name="ladder")
     if SIZES[strong] <= SIZES[weak]:
         return {**record, "status": "skipped", "reason": f"strong model {strong} is not larger than weak model {weak}"}
     w, s, c = accuracies(weak, strong, loss, seed)

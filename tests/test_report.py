@@ -17,6 +17,8 @@ from omegaconf import OmegaConf
 from w2s_lightning import report
 from w2s_lightning.loggers import folder_group
 
+from .helpers import run_identity
+
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SIZES = {"tiny": 1e6, "small": 1e7, "big": 1e8}
@@ -54,16 +56,7 @@ def metrics(acc: float, key: str) -> dict:
 
 
 def fake_result(weak: str, strong: str, loss: str, seed: int) -> dict:
-    record = {
-        "weak_model": weak,
-        "strong_model": strong,
-        "weak_size": SIZES[weak],
-        "strong_size": SIZES[strong],
-        "loss": loss,
-        "dataset": "sciq",
-        "seed": seed,
-        "name": "w2s",
-    }
+    record = run_identity(weak, strong, loss, seed, SIZES, name="w2s")
     if (weak, strong, loss, seed) not in ACC:
         return {**record, "status": "skipped", "reason": SKIP_REASON}
     w, s, c = ACC[weak, strong, loss, seed]
