@@ -87,8 +87,9 @@ def test_sweep_trains_each_model_once_per_seed_and_writes_the_report(tmp_path):
     assert len(summary) == 8 and (summary["status"] == "skipped").sum() == 2
     report = (sweep / "report.md").read_text()
     assert "xent" in report and "tiny_pythia" in report and "tiny_gpt2" in report
-    for figure in ("accuracy_vs_size_xent.png", "pgr_heatmap_xent.png"):
-        assert (sweep / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for figure in ("accuracy_vs_size", "pgr_heatmap"):
+        assert (sweep / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (sweep / f"{figure}.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ PRESET = CONF_DIR / "hparams_search" / "optuna.yaml"
 
 @pytest.mark.slow
 def test_a_study_maximises_the_weak_labelled_validation_score(tmp_path):
-    command = [sys.executable, "train.py", "-m", "+hparams_search=optuna", *TINY, "hydra.sweeper.n_trials=2"]
+    command = [sys.executable, "train.py", "-m", "hparams_search=optuna", *TINY, "hydra.sweeper.n_trials=2"]
     done = subprocess.run(
         [*command, f"paths.root_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
     )
