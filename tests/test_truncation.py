@@ -3,6 +3,7 @@ answer never are; a cut that makes inputs of different labels identical stops th
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
@@ -93,3 +94,12 @@ def test_results_record_the_truncated_share_per_split(make_cfg):
     weak = results["weak"]["truncated"]
     assert set(weak) == {"train", "val", "b", "test"} and weak["train"] > 0.5
     assert 0.0 <= results["student"]["truncated"]["train"] < 0.5  # tiny_gpt2 reads 32 tokens
+
+
+def test_a_stage_checks_its_unlabelled_training_set_against_its_targets(tokenizer):
+    # What a stage reads of B carries no label column: its training targets stand in for it.
+    frame = cosmos_frame().drop(columns=["label", "cut_start", "cut_end", "cut_from"])
+    targets = np.array([1.0, 0.0, 0.0, 0.0])
+    with pytest.raises(DatasetError, match=r"different labels but the same input"):
+        encode(frame, tokenizer, 48, targets, keep_end=False, labels=targets > 0.5)
+    assert encode(frame, tokenizer, 48, np.zeros(4), keep_end=False).truncated_fraction == 1.0  # predicted: no check

@@ -65,7 +65,9 @@ class Inputs:
         keep_end = self.system.model.pooling == "last"
         where = f"stage {self.stage}, split {split} ({self.spec.name})"
         knob = f"{self.slot}.max_length"
-        encoded = encode(frame, self.tokenizer, self.spec.max_length, targets, keep_end, where, knob)
+        # Training and validation targets are labels a cut could erase; predicted sets have none.
+        labels = np.asarray(targets) > 0.5 if split in ("train", "val") else None
+        encoded = encode(frame, self.tokenizer, self.spec.max_length, targets, keep_end, where, knob, labels)
         self.truncated[split] = encoded.truncated_fraction
         if not self.spec.linear_probe:
             return encoded

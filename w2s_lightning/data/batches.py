@@ -68,12 +68,15 @@ def shorten(text: str, start: int, end: int, cut_from: str, count, max_length: i
     return keeping(low)
 
 
-def encode(frame, tokenizer, max_length: int, targets, keep_end: bool, where: str = "", knob: str = "max_length"):
+def encode(
+    frame, tokenizer, max_length: int, targets, keep_end: bool, where: str = "", knob: str = "max_length", labels=None
+):
     """Token ids of `frame["text"]`, fitted to `max_length`. A text that does not fit loses part of
     its cuttable slot (`cut_start`/`cut_end`, a passage or context; see formatters.py), never the
     question or the answer; a text without one (or still too long) is truncated at the end, or at
     the start for models pooled at the last token (`keep_end`). If truncation makes examples of
-    different labels the same input, the stage fails: its labels could not be learned."""
+    different labels the same input, the stage fails: its labels could not be learned. The labels
+    compared are the frame's `label` column, else `labels` (a stage's hard training targets)."""
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=True)["input_ids"])
@@ -104,16 +107,16 @@ def encode(frame, tokenizer, max_length: int, targets, keep_end: bool, where: st
             max_length,
             hard,
         )
-        if "label" in frame:  # unlabelled sets (B as a method sees it) are checked where they are labelled
-            check_collisions(ids, frame, set(long), where, max_length, knob)
+        labels = frame["label"].to_numpy() if "label" in frame else labels
+        if labels is not None:  # sets predicted without targets have no labels to compare
+            check_collisions(ids, frame, np.asarray(labels), set(long), where, max_length, knob)
     examples = EncodedExamples(ids, targets)
     examples.truncated_fraction = len(long) / max(1, len(ids))
     return examples
 
 
-def check_collisions(ids: list[list[int]], frame, truncated: set[int], where: str, max_length: int, knob: str) -> None:
-    """Truncated inputs identical to another input of a different (ground-truth) label."""
-    labels = frame["label"].to_numpy()
+def check_collisions(ids, frame, labels: np.ndarray, truncated: set[int], where: str, max_length: int, knob: str):
+    """Truncated inputs identical to another input of a different label."""
     seen: dict[tuple, int] = {}
     for i, x in enumerate(ids):
         j = seen.setdefault(tuple(x), i)
