@@ -58,7 +58,8 @@ def report_errors(fn: Callable[..., Any], *args: Any, multirun: bool | None = No
 
 
 def main_task(cfg: DictConfig) -> float | None:
-    """The body of `train.py`: one experiment, whose PGR a sweeper can optimise."""
+    """The body of `train.py`: one experiment; returns the weak-labelled validation score a sweeper may
+    optimise (never test PGR)."""
     # Imported here, not above: torch and Lightning take seconds to import, and a typo in an
     # override, `--help` or `--cfg job` should answer at once.
     from w2s_lightning import console
