@@ -183,3 +183,19 @@ def test_a_sweep_over_a_loss_parameter_reports_one_row_per_value(tmp_path):
     assert rows.to_dict() == {"logconf": 1, "logconf(aux_coef=0.25)": 1}
     report = (sweep / "report.md").read_text()
     assert "logconf(aux_coef=0.25)" in report
+
+
+@pytest.mark.slow
+def test_a_sweep_over_methods_ranks_them_with_the_oracle_apart(tmp_path):
+    methods = "naive,logconf,bootstrap,knn,logreg,confidence,weak_val,ensemble,oracle_val,zero_shot"
+    cmd = train_cmd(tmp_path, "weak_model=tiny_bert", "strong_model=tiny_gpt2", f"method={methods}", multirun=True)
+    subprocess.run(cmd, check=True, cwd=tmp_path, env=env(), capture_output=True)
+    [sweep] = list((tmp_path / "outputs" / "multirun").glob("*/*"))
+    results = results_in(sweep)
+    assert {r["status"] for r in results} == {"done"} and len(results) == 10
+    assert {r["method"] for r in results} >= {"weak", "ensemble", "zero_shot", "weak+knn", "weak+oracle_val"}
+    assert sum(r["oracle"] for r in results) == 1
+    # Shared stages train once: one weak supervisor and one ceiling serve every method that uses them.
+    assert sum(not r["ceiling"]["cached"] for r in results) == 1
+    ranking = (sweep / "report.md").read_text().split("## Methods ranked by median PGR")[1].split("\n## ")[0]
+    assert ranking.count("| oracle, not ranked |") == 1 and "weak+oracle_val" in ranking
