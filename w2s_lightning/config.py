@@ -14,6 +14,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from w2s_lightning.errors import ConfigError
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MODEL_SLOTS = ("weak_model", "strong_model")
 # Config groups that say where output goes or how it is watched, not what a run computes.
@@ -142,8 +144,6 @@ def model_entry(name: str, conf_dir: Path = CONF_DIR):
     """A catalogue entry by its option name (methods that train models beyond the two slots)."""
     path = conf_dir / "model" / f"{name}.yaml"
     if not path.exists():
-        from w2s_lightning.errors import ConfigError
-
         known = sorted(p.stem for p in (conf_dir / "model").glob("*.yaml"))
         raise ConfigError(f"no model '{name}' in the catalogue; fix: use one of {known}")
     return load_model_spec(path)
