@@ -2,12 +2,13 @@
 hash of exactly the resolved config that determines them. A stage is written into a
 temporary folder and renamed into place when complete, so a killed job never leaves
 anything that reads as finished; a file lock makes parallel jobs that need the same stage
-train it once while the others wait and read it. Each entry's record.json lists the size and
-sha256 of its files; an entry that no longer matches is set aside as `.corrupt-<key>-<time>`
-and recomputed, never read.
+train it once while the others wait and read it (a POSIX lock, or with `lock="file"` a lock file
+with a heartbeat for filesystems where POSIX locks do not reach other hosts). Each entry's
+record.json lists the size and sha256 of its files; an entry that no longer matches is set aside
+as `.corrupt-<key>-<time>` and recomputed, never read.
 
-    python -m w2s_lightning.cache list  [ROOT] [--stage weak] [--verify]
-    python -m w2s_lightning.cache prune [ROOT] [--stage weak] [--older-than-days 30] [--all]
+    python -m w2s_lightning.cache list  [ROOT] [--stage weak] [--verify] [--lock file]
+    python -m w2s_lightning.cache prune [ROOT] [--stage weak] [--older-than-days 30] [--all] [--lock file]
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -27,12 +27,13 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from w2s_lightning.locks import HOST, LOCKS, STALE_AFTER, FileLease, make_lock, pid_alive, read_lease, why_stale
+
 log = logging.getLogger(__name__)
 
 # Bump when a change to the code changes what a stage computes, so old entries miss.
 CACHE_VERSION = 1
 RECORD = "record.json"
-HOST = socket.gethostname()
 
 
 def default_root() -> Path:
@@ -86,10 +87,11 @@ def check(path: Path, full: bool = True) -> tuple[dict, str | None]:
     return record, None
 
 
-def lock_of(folder: Path) -> Path:
-    """The lock file guarding an entry `<key>` or a temporary `.<key>.tmp-...` of it."""
+def lock_of(folder: Path, mode: str = "posix") -> Path:
+    """The lock file guarding an entry `<key>` or a temporary `.<key>.tmp-...` of it:
+    `<key>.lock` for POSIX locks, `<key>.lease` for file locks."""
     key = folder.name[1:].split(".tmp-")[0] if folder.name.startswith(".") else folder.name
-    return folder.parent / f"{key}.lock"
+    return folder.parent / f"{key}.{'lease' if mode == 'file' else 'lock'}"
 
 
 @dataclass
@@ -100,8 +102,19 @@ class StageResult:
 
 
 class StageCache:
-    def __init__(self, root: str | Path, enabled: bool = True, force_retrain: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        enabled: bool = True,
+        force_retrain: bool = False,
+        lock: str = "posix",
+        stale_after: float = STALE_AFTER,
+        lock_timeout: float = -1,
+    ):
+        if lock not in LOCKS:
+            raise ValueError(f"cache.lock must be one of {LOCKS}, not {lock!r}")
         self.root, self.enabled, self.force_retrain = Path(root), enabled, force_retrain
+        self.lock_mode, self.stale_after, self.lock_timeout = lock, stale_after, lock_timeout
 
     def portable(self, value):
         """A path inside the cache (a finetuned backbone) as `cache://<relative path>`, so keys that
@@ -116,8 +129,8 @@ class StageCache:
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
-    def lock(self, stage: str, key: str) -> FileLock:
-        return FileLock(str(lock_of(self.path(stage, key))))
+    def lock(self, stage: str, key: str) -> FileLock | FileLease:
+        return make_lock(lock_of(self.path(stage, key), self.lock_mode), self.lock_timeout, self.stale_after)
 
     def lookup(self, stage: str, key: str) -> StageResult | None:
         """The finished entry if it is intact; a damaged one is set aside and reads as a miss."""
@@ -203,18 +216,14 @@ def owner_alive(tmp: Path) -> bool:
     parts = tmp.name.split(".tmp-", 1)[-1].rsplit("-", 2)  # host, pid, random
     if len(parts) < 3 or parts[0] != HOST or not parts[1].isdigit() or int(parts[1]) <= 0:
         return False
-    try:
-        os.kill(int(parts[1]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, under another account
-        pass
-    return True
+    return pid_alive(int(parts[1]))
 
 
 def held(lock: Path) -> bool:
-    """Whether some process holds this lock now. A holder keeps its lock file in place, so a
-    missing file is free (and probing it would create one)."""
+    """Whether some process holds this lock now: for a file lock, a fresh heartbeat. A holder
+    keeps its lock file in place, so a missing file is free (and probing it would create one)."""
+    if lock.suffix == ".lease":
+        return (lease := read_lease(lock)) is not None and why_stale(lease) is None
     if not lock.exists():
         return False
     try:
@@ -224,17 +233,18 @@ def held(lock: Path) -> bool:
         return True
 
 
-def stale_temporaries(root: Path) -> list[Path]:
+def stale_temporaries(root: Path, mode: str = "posix") -> list[Path]:
     """Folders left by killed jobs: a running job holds its key's lock for as long as its
     temporary exists, so a temporary whose lock is free is abandoned."""
-    return [tmp for tmp in temporaries(root) if not held(lock_of(tmp)) and not owner_alive(tmp)]
+    return [tmp for tmp in temporaries(root) if not held(lock_of(tmp, mode)) and not owner_alive(tmp)]
 
 
 def remove_if_free(lock: Path, folders: list[Path]) -> bool:
     """Delete `folders` and the lock file while holding the lock; False, deleting nothing,
-    when a running job holds it. filelock makes a waiter that opened the removed file retry."""
+    when a running job holds it. filelock makes a waiter that opened the removed file retry; a
+    file lock's waiters see it free."""
     try:
-        with FileLock(str(lock), timeout=0):
+        with make_lock(lock, timeout=0):
             for folder in folders:
                 shutil.rmtree(folder, ignore_errors=True)
             lock.unlink(missing_ok=True)
@@ -243,14 +253,16 @@ def remove_if_free(lock: Path, folders: list[Path]) -> bool:
     return True
 
 
-def prune(root: Path, rows: list[dict], stage: str | None) -> str:
+def prune(root: Path, rows: list[dict], stage: str | None, mode: str = "posix") -> str:
     """Delete the entries in `rows`, the abandoned temporaries, the set-aside corrupt entries and
-    every lock file nobody holds; nothing whose lock a running job holds is touched."""
+    every lock file nobody holds; nothing whose lock a running job holds is touched. `mode` is the
+    jobs' cache.lock: one cache must be used with one lock mode."""
     stages = [root / stage] if stage else [p for p in root.iterdir() if p.is_dir()]
-    doomed: dict[Path, list[Path]] = {lock: [] for s in stages for lock in s.glob("*.lock")}
+    suffix = "lease" if mode == "file" else "lock"
+    doomed: dict[Path, list[Path]] = {lock: [] for s in stages for lock in s.glob(f"*.{suffix}")}
     temps = [t for t in temporaries(root) if t.parent in stages and not owner_alive(t)]
     for folder in [r["path"] for r in rows] + temps:
-        doomed.setdefault(lock_of(folder), []).append(folder)
+        doomed.setdefault(lock_of(folder, mode), []).append(folder)
     kept = [lock for lock, folders in doomed.items() if not remove_if_free(lock, folders)]
     removed = sum(len(folders) for lock, folders in doomed.items() if lock not in kept)
     for aside in (a for s in stages for a in s.glob(".corrupt-*")):
@@ -267,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--older-than-days", type=float, help="prune entries finished longer ago than this")
     parser.add_argument("--all", action="store_true", help="prune every entry (with --stage: every entry of it)")
     parser.add_argument("--verify", action="store_true", help="list: also check every file's sha256 (reads it all)")
+    parser.add_argument("--lock", choices=LOCKS, default="posix", help="the jobs' cache.lock (file: no POSIX locks)")
     args = parser.parse_args(argv)
     root = Path(args.root) if args.root else default_root()
     if not root.is_dir():
@@ -280,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["finished_at"]))
             print(f"{r['stage']:8} {r['key']}  {when}  {r['bytes'] / 1e6:8.2f} MB  {r['model']}")
         temps = [t for t in temporaries(root) if args.stage in (None, t.parent.name)]
-        running = len(set(temps) - set(stale_temporaries(root)))
+        running = len(set(temps) - set(stale_temporaries(root, args.lock)))
         corrupt = sum(bool(r["problem"]) for r in rows)
         aside = len([a for a in root.glob("*/.corrupt-*") if args.stage in (None, a.parent.name)])
         print(
@@ -291,7 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.older_than_days is None and not args.all:
         parser.error("prune needs --older-than-days N or --all")
     cutoff = time.time() - 86400 * (args.older_than_days or 0)
-    print(prune(root, [r for r in rows if args.all or r["problem"] or r["finished_at"] < cutoff], args.stage))
+    print(
+        prune(root, [r for r in rows if args.all or r["problem"] or r["finished_at"] < cutoff], args.stage, args.lock)
+    )
 
 
 if __name__ == "__main__":

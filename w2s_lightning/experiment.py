@@ -72,7 +72,7 @@ class Experiment:
         self.cfg, self.splits, self.out_dir = cfg, splits, out_dir
         enabled = cfg.cache.enabled
         self.cache = StageCache(
-            cfg.paths.cache_dir if enabled else out_dir / "stages", enabled, cfg.cache.force_retrain
+            cfg.paths.cache_dir if enabled else out_dir / "stages", enabled, cfg.cache.force_retrain, cfg.cache.lock
         )
         trainer = {k: v for k, v in plain(cfg.trainer).items() if k not in RUNTIME_ONLY_TRAINER_KEYS}
         self.common = {
