@@ -20,7 +20,7 @@ from w2s_lightning.data.batches import FeatureExamples, encode, inference_loader
 from w2s_lightning.data.splits import fingerprint
 from w2s_lightning.errors import TrainingDiverged
 from w2s_lightning.losses import Loss
-from w2s_lightning.models.backbone import MODEL_TYPE_PREFIX, load_tokenizer
+from w2s_lightning.models.backbone import load_tokenizer, random_weights
 from w2s_lightning.models.system import ClassifierSystem
 
 # The catalogue fields that determine a frozen backbone's pooled features.
@@ -77,7 +77,6 @@ class Inputs:
         model = {k: self.spec[k] for k in FEATURE_FIELDS}
         if self.cache is not None:  # a backbone finetuned into the cache is named relative to it
             model["pretrained"] = self.cache.portable(model["pretrained"])
-        random_weights = self.spec.from_scratch or self.spec.pretrained.startswith(MODEL_TYPE_PREFIX)
         # What the backbone reads: the texts and how they may be cut, not their ids or labels.
         digest = fingerprint(frame.drop(columns=["id", "label", "group"], errors="ignore"))
         key = stage_key(
@@ -86,7 +85,7 @@ class Inputs:
                 "model": model,
                 "texts": digest,
                 "precision": str(self.cfg.trainer.precision),
-                "seed": self.cfg.seed if random_weights else None,
+                "seed": self.cfg.seed if random_weights(self.spec) else None,
             },
         )
 

@@ -17,7 +17,6 @@ import logging
 import math
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import lightning as L
 import pandas as pd
@@ -30,22 +29,13 @@ from w2s_lightning.cache import stage_key
 from w2s_lightning.errors import ConfigError, TrainingDiverged
 from w2s_lightning.experiment import Experiment, key_view, plain
 from w2s_lightning.methods import Method, Start
-from w2s_lightning.models.backbone import MODEL_TYPE_PREFIX, load_config, load_tokenizer, resolve_source
-from w2s_lightning.models.classifier import resolve_pooling
+from w2s_lightning.models.backbone import load_config, load_tokenizer, random_weights, resolve_source
+from w2s_lightning.models.classifier import is_decoder
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("a", "b", "val")  # every split a method may read the texts of; never test
 BACKBONE = "backbone"  # the folder of the stage entry that holds the finetuned backbone
-
-
-def is_decoder(config) -> bool:
-    """Decoders are what `pooling: auto` pools at the last token."""
-    return resolve_pooling(SimpleNamespace(pooling="auto"), config) == "last"
-
-
-def random_weights(spec) -> bool:
-    return bool(spec.from_scratch) or spec.pretrained.startswith(MODEL_TYPE_PREFIX)
 
 
 def load_with_head(spec, config, auto) -> tuple[torch.nn.Module, list[str]]:

@@ -31,9 +31,9 @@ from w2s_lightning.data.batches import encode
 from w2s_lightning.errors import ConfigError, TrainingDiverged
 from w2s_lightning.experiment import Experiment, Labels, key_view
 from w2s_lightning.methods import Method
-from w2s_lightning.methods.generative import is_decoder, load_with_head, random_weights
-from w2s_lightning.models.backbone import load_backbone, load_config, load_tokenizer
-from w2s_lightning.models.classifier import pool, resolve_pooling
+from w2s_lightning.methods.generative import load_with_head
+from w2s_lightning.models.backbone import load_backbone, load_config, load_tokenizer, random_weights
+from w2s_lightning.models.classifier import is_decoder, pool, resolve_pooling
 
 MODES = ("auto", "lm", "similarity")
 PREDICTS = ("b", "val", "test")

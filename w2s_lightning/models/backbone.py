@@ -98,10 +98,15 @@ def load_tokenizer(spec):
     return tokenizer
 
 
+def random_weights(spec) -> bool:
+    """An entry whose weights are drawn, not loaded: what it computes depends on the seed."""
+    return bool(spec.from_scratch) or spec.pretrained.startswith(MODEL_TYPE_PREFIX)
+
+
 def load_backbone(spec, config: PretrainedConfig | None = None):
     config = config or load_config(spec)
     revision = model_revision(spec)
-    if spec.from_scratch or spec.pretrained.startswith(MODEL_TYPE_PREFIX):
+    if random_weights(spec):
         return AutoModel.from_config(config, trust_remote_code=spec.trust_remote_code)
     source = resolve_source(spec.pretrained)
     try:

@@ -25,16 +25,20 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(f"pooling '{mode}' is not one of {POOLINGS}; fix: set the model's pooling")
 
 
-def resolve_pooling(spec, config) -> str:
-    """`auto`: decoders pool their last real token, encoders their first ([CLS]) token."""
-    if spec.pooling != "auto":
-        return spec.pooling
-    is_decoder = (
+def is_decoder(config) -> bool:
+    """A causal language model by its config: its last real token has read the whole text."""
+    return (
         bool(getattr(config, "is_decoder", False))
         or any(arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel") for arch in (config.architectures or []))
         or config.model_type in {"gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "mistral", "gemma", "phi"}
     )
-    return "last" if is_decoder else "cls"
+
+
+def resolve_pooling(spec, config) -> str:
+    """`auto`: decoders pool their last real token, encoders their first ([CLS]) token."""
+    if spec.pooling != "auto":
+        return spec.pooling
+    return "last" if is_decoder(config) else "cls"
 
 
 class Classifier(nn.Module):
