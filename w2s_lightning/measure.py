@@ -72,10 +72,11 @@ def measure(exp: Experiment, methods: dict, start: Start, weak: Labels, labels: 
         **(test_scores(weak.test, truth) or {"acc": None, "auroc": None}),
         **stage_entry(weak.stages, weak.key),
     }
+    predicted = {name: exp.predictions(stage, "test") for name, stage in (("ceiling", ceiling), ("student", student))}
     for name, stage in (("ceiling", ceiling), ("student", student)):
-        results[name] = {**test_scores(exp.predictions(stage, "test"), truth), **stage_entry([stage])}
+        results[name] = {**test_scores(predicted[name], truth), **stage_entry([stage])}
     results["student"]["selected"] = student.record.get("selected", {})
-    student_test = exp.predictions(student, "test")["prob"].to_numpy()
+    student_test = predicted["student"]["prob"].to_numpy()
     if weak.test is not None:
         results["student"]["agreement"] = agreement(student_test, weak.test["prob"].to_numpy())
     # What a method could select on without ground truth: the student's accuracy on validation

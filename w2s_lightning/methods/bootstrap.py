@@ -14,6 +14,7 @@ import pandas as pd
 
 from w2s_lightning.cache import stage_key
 from w2s_lightning.config import model_entry
+from w2s_lightning.data.splits import aligned
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.experiment import Experiment, Labels
 from w2s_lightning.losses import CrossEntropy
@@ -50,9 +51,8 @@ def step(exp: Experiment, spec, labels: Labels, index: int) -> Labels:
             key_extra={"labels": labels.key, "fold": k, "folds": FOLDS},
             reads=("b", "val", "test"),
         )
-        predicted = pd.read_parquet(result.path / "held_out.parquet")
-        if not (predicted["id"].to_numpy() == b["id"].to_numpy()[held_out]).all():
-            raise AssertionError("held-out predictions out of order")  # written in this order by the stage
+        stored = pd.read_parquet(result.path / "held_out.parquet")
+        predicted = aligned(stored, b[held_out], f"stage bootstrap, fold {k}, held-out part of split b")
         out_of_fold[held_out] = predicted["prob"].to_numpy()
         results.append(result)
 
