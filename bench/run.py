@@ -1,8 +1,10 @@
-"""How fast w2s-lightning is, against a bare PyTorch loop and against the machine's limit.
+"""How fast w2s-lightning is, against a bare PyTorch loop, against openai/weak-to-strong's own
+algorithm and against the machine's limit.
 
-    python bench/run.py --quick                     # tiny models, about a minute on 2 cores
-    python bench/run.py                             # the embedded models, a few minutes on 2 cores
-    python bench/run.py --device cuda               # on a GPU: bf16-mixed, larger batches
+    python bench/run.py --quick                     # tiny models: every section, a few minutes
+    python bench/run.py --threads 1                 # the embedded models and the peer, ~25 min on 2 quiet cores
+    python bench/run.py --sections peer --threads 1 # ours against openai/weak-to-strong only
+    python bench/run.py --device cuda               # on a GPU: bf16-mixed, larger batches, MFU
     python bench/run.py --device cuda --model gpt2 --random-init   # any catalogue entry, offline
 
 Writes bench/results/<device>[-quick].json (or --out) and prints a table. See bench/README.md."""
@@ -27,16 +29,21 @@ import lightning
 import torch
 import transformers
 
-from bench.common import ROOT, compose_cfg, load_average, quiet
+from bench.common import ROOT, children_cpu, compose_cfg, load_average, quiet
+from bench.flops import dtype_of_precision
 from bench.limit import measure_peak, utilisation
 from bench.memory import measure_memory
+from bench.mfu import measure_mfu
 from bench.modes import settings_for
 from bench.padding import measure_padding
+from bench.peer import measure_peer
+from bench.probe import measure_probe
 from bench.report import render
 from bench.sweep import measure_sweep
 from bench.throughput import measure_overhead
 
-SECTION_ORDER = ("padding", "overhead", "limit", "memory", "sweep")
+# limit reads overhead's figures, mfu the limit's peak.
+SECTION_ORDER = ("padding", "overhead", "limit", "probe", "memory", "sweep", "peer", "mfu")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, dest="timed_steps", help="timed training steps per loop")
     p.add_argument("--warmup-steps", type=int, help="untimed steps before the clock starts")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, same for both loops")
+    p.add_argument("--mfu-model", help="cuda only: the MFU section's student (default qwen2_5_0_5b)")
+    p.add_argument("--mfu-length", type=int, help="cuda only: the MFU section's sequence length (default 512)")
     p.add_argument("--sections", default=",".join(SECTION_ORDER), help=f"comma list of {', '.join(SECTION_ORDER)}")
     p.add_argument("--override", action="append", default=[], dest="extra", help="extra Hydra override (repeatable)")
     args = p.parse_args(argv)
@@ -62,6 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA device")
     return args
+
+
+def process_and_children_cpu() -> float:
+    return time.process_time() + children_cpu()
 
 
 def device_name(device: str) -> str:
@@ -108,21 +121,28 @@ def run_section(name: str, settings, args, workdir: Path, results: dict):
         return measure_overhead(cfg, settings.warmup_steps, settings.timed_steps, repeats)
     if name == "limit":
         overhead = results.get("overhead", {})
-        bf16 = args.device == "cuda" or overhead.get("precision", "").startswith("bf16")
-        peak = measure_peak(torch.device(args.device), settings.matmul_size, repeats, bf16)
+        used = (dtype_of_precision(overhead["precision"]),) if "framework" in overhead else ()
+        peak = measure_peak(torch.device(args.device), settings.matmul_size, repeats, used)
         if "framework" not in overhead:
             return {"peak": peak}
         return {"peak": peak, "utilisation": utilisation(overhead, peak)}
+    if name == "probe":
+        return measure_probe(settings, workdir / "probe", repeats, args.threads)
     if name == "memory":
         return measure_memory(settings.base_overrides(settings.memory_data), workdir / "memory", args.threads)
-    return measure_sweep(settings, workdir / "sweep", repeats, args.threads)
+    if name == "sweep":
+        return measure_sweep(settings, workdir / "sweep", repeats, args.threads)
+    if name == "peer":
+        return measure_peer(settings, workdir / "peer", repeats, args.threads)
+    return measure_mfu(settings, workdir / "mfu", repeats, results.get("limit", {}).get("peak"))
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     quiet()
     torch.set_num_threads(args.threads)
-    choices = {k: getattr(args, k) for k in ("model", "weak_model", "batch_size", "timed_steps", "warmup_steps")}
+    keys = ("model", "weak_model", "batch_size", "timed_steps", "warmup_steps", "mfu_model", "mfu_length")
+    choices = {k: getattr(args, k) for k in keys}
     settings = settings_for(args.quick, args.device, **choices)
     settings.random_init, settings.model_type, settings.extra = args.random_init, args.model_type, args.extra
     out = args.out or ROOT / "bench" / "results" / f"{args.device}{'-quick' if args.quick else ''}.json"
@@ -132,10 +152,11 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="w2s-bench-") as tmp:
         for name in (n for n in SECTION_ORDER if n in wanted):
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-            start, load = time.perf_counter(), load_average()
+            start, cpu, load = time.perf_counter(), process_and_children_cpu(), load_average()
             results[name] = run_section(name, settings, args, Path(tmp), results)
             results["meta"]["sections"][name] = {
                 "seconds": time.perf_counter() - start,
+                "cpu_seconds": process_and_children_cpu() - cpu,
                 "load_average_before": load,
                 "load_average_after": load_average(),
             }

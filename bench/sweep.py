@@ -4,18 +4,16 @@ same cache, with the trainings counted from each run's results.json."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from bench.common import ROOT, offline_env, spread
+from bench.common import ROOT, offline_env, run_timed, spread
 from bench.modes import Settings
 
 STAGES = ("weak", "ceiling", "student")
 
 
-def run_sweep(overrides: list[str], root: Path, name: str, threads: int) -> tuple[float, list[dict]]:
+def run_sweep(overrides: list[str], root: Path, name: str, threads: int) -> tuple[float, float, list[dict]]:
     sweep_dir = root / name
     cmd = [
         sys.executable,
@@ -25,14 +23,12 @@ def run_sweep(overrides: list[str], root: Path, name: str, threads: int) -> tupl
         f"paths.root_dir={root}",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    start = time.perf_counter()
     # torch sizes its thread pool from OMP_NUM_THREADS, so the sweep runs with the benchmark's threads.
     env = {**offline_env(), "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    proc, seconds, cpu = run_timed(cmd, cwd=root, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"sweep failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
-    return seconds, [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob("results.json"))]
+        raise RuntimeError(f"sweep failed ({' '.join(cmd)}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return seconds, cpu, [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob("results.json"))]
 
 
 def count_trainings(results: list[dict]) -> dict:
@@ -62,13 +58,15 @@ def reference_counts(settings: Settings) -> dict:
 def measure_sweep(settings: Settings, workdir: Path, repeats: int, threads: int) -> dict:
     overrides = settings.sweep_overrides()
     walls = {"cold": [], "warm": []}
+    cpus = {"cold": [], "warm": []}
     counts = {"cold": [], "warm": []}
     for r in range(repeats):
         root = workdir / f"sweep{r}"
         root.mkdir(parents=True)
         for kind in ("cold", "warm"):
-            seconds, results = run_sweep(overrides, root, kind, threads)
+            seconds, cpu, results = run_sweep(overrides, root, kind, threads)
             walls[kind].append(seconds)
+            cpus[kind].append(cpu)
             counts[kind].append(count_trainings(results))
     return {
         "command": f"python train.py -m {' '.join(overrides)} paths.root_dir=<tmp>",
@@ -76,6 +74,8 @@ def measure_sweep(settings: Settings, workdir: Path, repeats: int, threads: int)
         "repeats": repeats,
         "torch_threads": threads,
         "wall_seconds": {kind: spread(values) for kind, values in walls.items()},
+        # User + system time of the sweep process and its children.
+        "cpu_seconds": {kind: spread(values) for kind, values in cpus.items()},
         # Counts are the same every repeat when the cache works; the last repeat's stand for all.
         "cold": counts["cold"][-1],
         "warm": counts["warm"][-1],

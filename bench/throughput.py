@@ -5,10 +5,8 @@ framework's overhead."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +15,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bench.common import spread, synchronize, torch_device
+from bench.common import Clock, make_trainer, spread, synchronize, torch_device
+from bench.flops import SAMPLE_STEPS, autocast_for_precision, counted_flops
 from w2s_lightning.data.batches import EncodedExamples, encode, train_loader
 from w2s_lightning.data.splits import make_splits
 from w2s_lightning.models.backbone import load_config, load_tokenizer
@@ -34,6 +33,7 @@ class Workload:
     pad_id: int
     warmup: int
     timed: int
+    group_by_length: bool | None = None  # None: the config's train.group_by_length
 
     @property
     def spec(self) -> DictConfig:
@@ -49,7 +49,8 @@ class Workload:
 
     def loader(self):
         cfg = self.cfg
-        return train_loader(self.examples, self.spec.batch_size, self.pad_id, cfg.seed, cfg.train.group_by_length)
+        grouped = cfg.train.group_by_length if self.group_by_length is None else self.group_by_length
+        return train_loader(self.examples, self.spec.batch_size, self.pad_id, cfg.seed, grouped)
 
     def epochs(self) -> int:
         return math.ceil(self.total / len(self.loader()))
@@ -96,30 +97,56 @@ def planned_batches(work: Workload) -> list[dict]:
 
 @dataclass
 class Run:
-    seconds: float
+    seconds: float  # the timed steps, wall clock
+    cpu_seconds: float  # the timed steps, process CPU time
     order: list[tuple[int, ...]]  # the examples of every step, to check both loops saw the same batches
     model: torch.nn.Module
     threads: int
+    precision: str = "32-true"
+    fit_seconds: float = 0.0  # the whole fit call: set-up, every step, teardown
+    fit_cpu_seconds: float = 0.0
 
 
 class StepClock(L.Callback):
     """Times from the start of the first step after warmup to the end of the last step."""
 
     def __init__(self, work: Workload):
-        self.work, self.step, self.start, self.end = work, 0, 0.0, 0.0
+        self.work, self.step = work, 0
+        self.clock, self.seconds, self.cpu_seconds = Clock(), 0.0, 0.0
         self.indices: list[torch.Tensor] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.indices.append(batch["index"])  # kept as a tensor: reading it now would sync the GPU
         if self.step == self.work.warmup:
             synchronize(self.work.device)
-            self.start = time.perf_counter()
+            self.clock.start()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.step += 1
         if self.step == self.work.total:
             synchronize(self.work.device)
-            self.end = time.perf_counter()
+            self.seconds, self.cpu_seconds = self.clock.read()
+
+
+def framework_trainer(work: Workload, callbacks: list, root: str) -> L.Trainer:
+    # max_steps also sets the lr schedule's length (estimated_stepping_batches), which the bare
+    # loop matches below.
+    return make_trainer(
+        work.cfg,
+        max_epochs=work.epochs(),
+        max_steps=work.total,
+        logger=False,
+        enable_progress_bar=False,  # a bar would cost time inside the timed window
+        default_root_dir=root,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+    )
+
+
+def trainer_precision(work: Workload) -> str:
+    """The precision Lightning resolves the config's `trainer.precision` to (e.g. "bf16-mixed")."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return str(framework_trainer(work, [], tmp).precision)
 
 
 def run_framework(work: Workload) -> Run:
@@ -129,21 +156,22 @@ def run_framework(work: Workload) -> Run:
     system = ClassifierSystem(work.spec, loss, optimizer, cfg.train.warmup_ratio, cfg.train.grad_clip, "student")
     clock = StepClock(work)
     with tempfile.TemporaryDirectory() as tmp:
-        # max_steps also sets the lr schedule's length (estimated_stepping_batches), which the
-        # bare loop matches below.
-        trainer = instantiate(
-            cfg.trainer,
-            max_epochs=work.epochs(),
-            max_steps=work.total,
-            logger=False,
-            enable_progress_bar=False,  # a bar would cost time inside the timed window
-            default_root_dir=str(Path(tmp)),
-            callbacks=[clock],
-            enable_checkpointing=False,
-        )
+        trainer = framework_trainer(work, [clock], str(Path(tmp)))
+        fit = Clock().start()
         trainer.fit(system, work.loader())
+        synchronize(work.device)
+        fit_seconds, fit_cpu = fit.read()
     order = [tuple(i.tolist()) for i in clock.indices]
-    return Run(clock.end - clock.start, order, system.model, torch.get_num_threads())
+    return Run(
+        clock.seconds,
+        clock.cpu_seconds,
+        order,
+        system.model,
+        torch.get_num_threads(),
+        str(trainer.precision),
+        fit_seconds,
+        fit_cpu,
+    )
 
 
 def cosine_schedule(total: int, warmup_ratio: float):
@@ -158,20 +186,12 @@ def cosine_schedule(total: int, warmup_ratio: float):
     return schedule
 
 
-def autocast_for(cfg: DictConfig, device: torch.device):
-    precision = str(cfg.trainer.precision)
-    if precision in ("32", "32-true"):
-        return contextlib.nullcontext()
-    if precision == "bf16-mixed":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    raise SystemExit(f"the bare loop mirrors precision 32-true or bf16-mixed, not {precision}")
-
-
 class BareStep:
     """One optimizer step as `ClassifierSystem.training_step` takes it: micro-batches with
-    the loss's whole-batch context, norm clipping, AdamW, a per-step lr schedule."""
+    the loss's whole-batch context, norm clipping, AdamW, a per-step lr schedule, and the
+    autocast of the precision Lightning resolved for the framework."""
 
-    def __init__(self, work: Workload):
+    def __init__(self, work: Workload, precision: str):
         cfg = work.cfg
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         self.spec = OmegaConf.create(OmegaConf.to_container(work.spec, resolve=True))
@@ -183,7 +203,7 @@ class BareStep:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.micro = self.spec.micro_batch_size or self.spec.batch_size
         self.grad_clip, self.total, self.done = cfg.train.grad_clip, work.total, 0
-        self.autocast = lambda: autocast_for(cfg, work.device)
+        self.autocast = lambda: autocast_for_precision(precision, work.device)
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
@@ -211,17 +231,20 @@ class BareStep:
         return total
 
 
-def run_bare(work: Workload) -> Run:
-    step, device = BareStep(work), work.device
-    order, start = [], 0.0
+def run_bare(work: Workload, precision: str) -> Run:
+    fit = Clock().start()
+    step, device = BareStep(work, precision), work.device
+    order, clock = [], Clock()
     for i, batch in enumerate(work.batches(work.loader())):
         if i == work.warmup:
             synchronize(device)
-            start = time.perf_counter()
+            clock.start()
         order.append(tuple(batch["index"].tolist()))
         step({k: v.to(device, non_blocking=True) for k, v in batch.items()})
     synchronize(device)
-    return Run(time.perf_counter() - start, order, step.model, torch.get_num_threads())
+    seconds, cpu = clock.read()
+    fit_seconds, fit_cpu = fit.read()
+    return Run(seconds, cpu, order, step.model, torch.get_num_threads(), precision, fit_seconds, fit_cpu)
 
 
 def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -240,43 +263,57 @@ def count_parameters(model: torch.nn.Module) -> dict:
     }
 
 
-def rates(seconds: list[float], counts: dict) -> dict:
-    return {
-        "seconds": spread(seconds),
-        "examples_per_s": spread([counts["examples"] / s for s in seconds]),
-        "real_tokens_per_s": spread([counts["real_tokens"] / s for s in seconds]),
-        "padded_tokens_per_s": spread([counts["padded_tokens"] / s for s in seconds]),
-    }
+def rates(seconds: list[float], cpu_seconds: list[float], counts: dict) -> dict:
+    """Throughput per wall-clock second and per CPU second (the process's user + system time)."""
+    result = {"seconds": spread(seconds), "cpu_seconds": spread(cpu_seconds)}
+    for key in ("examples", "real_tokens", "padded_tokens"):
+        if key in counts:
+            result[f"{key}_per_s"] = spread([counts[key] / s for s in seconds])
+            result[f"{key}_per_cpu_s"] = spread([counts[key] / s for s in cpu_seconds])
+    return result
+
+
+def sampled_batches(work: Workload, start: int, count: int) -> list[dict]:
+    return [batch for i, batch in enumerate(work.batches(work.loader())) if start <= i < start + count]
 
 
 def measure_overhead(cfg: DictConfig, warmup: int, timed: int, repeats: int) -> dict:
     if cfg.strong_model.linear_probe:
         # A probe trains a head on cached features: its steps are microseconds of arithmetic, and
-        # its stage's cost is the backbone's feature extraction, which the memory section times.
+        # its stage's cost is the backbone's feature extraction, which the probe section times.
         return {"model": cfg.strong_model.name, "skipped": "linear probes train on cached features, not tokens"}
     work = build_workload(cfg, warmup, timed)
     plan = planned_batches(work)
+    precision = trainer_precision(work)
     counts = {key: sum(step[key] for step in plan[warmup:]) for key in ("examples", "real_tokens", "padded_tokens")}
     seconds = {"framework": [], "bare": []}
+    cpu = {"framework": [], "bare": []}
+    fit = {"framework": [], "bare": []}
     same_batches, diffs, threads = True, [], set()
     for r in range(repeats):
         # Alternating which loop goes first spreads slow drifts of a shared machine over both.
         names = ("framework", "bare") if r % 2 == 0 else ("bare", "framework")
-        runs = {name: (run_framework if name == "framework" else run_bare)(work) for name in names}
+        runs = {name: run_framework(work) if name == "framework" else run_bare(work, precision) for name in names}
         for name, run in runs.items():
             seconds[name].append(run.seconds)
+            cpu[name].append(run.cpu_seconds)
+            fit[name].append(run.fit_seconds)
             same_batches &= run.order == [step["index"] for step in plan]
             threads.add(run.threads)
         diffs.append(max_param_diff(runs["framework"].model, runs["bare"].model))
-    ratios = [b / f for f, b in zip(seconds["framework"], seconds["bare"])]
     spec = work.spec
+    micro = spec.micro_batch_size or spec.batch_size
+    flops = counted_flops(runs["bare"].model, sampled_batches(work, warmup, SAMPLE_STEPS), micro, precision)
+    # Scaled by the padded grid: FLOPs follow the computed positions, padding included.
+    flops["timed_window"] = flops["flops_per_padded_token"] * counts["padded_tokens"]
     return {
         "model": spec.name,
         "loss": cfg.loss._target_.rsplit(".", 1)[-1],
-        "precision": str(cfg.trainer.precision),
+        "precision": runs["framework"].precision,
+        "configured_precision": str(cfg.trainer.precision),
         "device": str(work.device),
         "batch_size": spec.batch_size,
-        "micro_batch_size": spec.micro_batch_size or spec.batch_size,
+        "micro_batch_size": micro,
         "max_length": spec.max_length,
         "train_examples": len(work.examples),
         "warmup_steps": warmup,
@@ -285,10 +322,13 @@ def measure_overhead(cfg: DictConfig, warmup: int, timed: int, repeats: int) -> 
         "torch_threads": sorted(threads),
         "parameters": count_parameters(runs["bare"].model),
         "timed_counts": counts,
-        "framework": rates(seconds["framework"], counts),
-        "bare": rates(seconds["bare"], counts),
+        "flops": flops,
+        "framework": {**rates(seconds["framework"], cpu["framework"], counts), "fit_seconds": spread(fit["framework"])},
+        "bare": {**rates(seconds["bare"], cpu["bare"], counts), "fit_seconds": spread(fit["bare"])},
         # Throughput of the framework over the bare loop: 1.0 is no overhead, 0.95 is 5% slower.
-        "ratio_framework_over_bare": spread(ratios),
+        "ratio_framework_over_bare": spread([b / f for f, b in zip(seconds["framework"], seconds["bare"])]),
+        # The same in CPU time, which other people's load on a shared machine moves far less.
+        "ratio_framework_over_bare_cpu": spread([b / f for f, b in zip(cpu["framework"], cpu["bare"])]),
         "same_batches": same_batches,
         "max_param_diff": max(diffs),
     }

@@ -4,9 +4,21 @@
 # sciq rows are the test fixtures repeated (each copy's question tagged with its copy number, so
 # the duplicate guard sees distinct items), because the check runs where no hub is reachable:
 # it measures throughput and memory, and its accuracies say nothing about the models.
-#   bash scripts/gpu_check.sh [OUT_DIR] [extra overrides...]
+# With --devices N (N > 1) the same experiment runs sharded over N GPUs of one node (trainer=fsdp:
+# each rank takes its share of every batch, rank 0 writes), so the first multi-GPU machine can
+# check the data-parallel path unchanged; compare its ex/s with a one-GPU run.
+#   bash scripts/gpu_check.sh [--devices N] [OUT_DIR] [extra overrides...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+devices=1
+if [[ "${1:-}" == "--devices" ]]; then
+  devices=$2
+  shift 2
+fi
+trainer="trainer=gpu"
+if (( devices > 1 )); then
+  trainer="trainer=fsdp trainer.devices=$devices"
+fi
 out=${1:-outputs/gpu_check}
 shift || true
 mkdir -p "$out/sciq"
@@ -29,7 +41,7 @@ random_gpt2() {  # $1 slot, $2 layers, $3 width, $4 heads
 python3 train.py weak_model=gpt2 strong_model=gpt2_medium dataset=sciq dataset.local_path="$out/sciq" \
   $(random_gpt2 weak_model 12 768 12) $(random_gpt2 strong_model 24 1024 16) \
   dataset.n_weak=2000 dataset.n_strong=2000 dataset.n_val=200 dataset.n_test=1000 dataset.balance=false \
-  trainer=gpu logger=csv paths.root_dir="$out" hydra.run.dir="$out/run" cache.enabled=false "$@"
+  $trainer logger=csv paths.root_dir="$out" hydra.run.dir="$out/run" cache.enabled=false "$@"
 python3 - "$out/run/results.json" <<'PY'
 import json, sys
 from pathlib import Path
@@ -41,5 +53,5 @@ for stage in ("weak", "ceiling", "student"):
     print(f"{stage:8} acc {r[stage]['acc']:.3f}  train {record['train_examples_per_s']:7.1f} ex/s"
           f"  peak {'GPU' if 'peak_gpu_bytes' in record else 'RSS'}"
           f" {record.get('peak_gpu_bytes', record.get('peak_rss_bytes', 0)) / 2**30:5.2f} GiB  ({record['model']})")
-print(f"PGR {r['pgr']}")
+print(f"PGR {r['pgr']}  ({r['config']['trainer.devices']} device(s), strategy {r['config'].get('trainer.strategy._target_', 'single')})")
 PY

@@ -73,7 +73,7 @@ def test_config_file_composes_and_instantiates(group, option):
 
 
 def test_launcher_presets_compose():
-    for launcher in ("joblib",):
+    for launcher in ("joblib", "ray_local", "ray_cluster", "slurm_gpu", "submitit_local"):
         cfg = compose_with(f"hydra/launcher={launcher}")
         assert "launcher" in cfg.hydra
 

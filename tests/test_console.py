@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tests.helpers import ROOT, TINY
 from tests.test_report import write_fake_sweep
-from w2s_lightning import console, report
+from w2s_lightning import console, progress, report
 
 STAGES = ("weak", "ceiling", "student")
 # What a default run printed before: Lightning's info lines and tips, a torch deprecation repeated
@@ -113,17 +113,19 @@ class Terminal(io.StringIO):
 def test_the_terminal_decides_bar_or_lines(monkeypatch):
     cfg = OmegaConf.create({"trainer": {"enable_progress_bar": True}})
     monkeypatch.setattr(sys, "stderr", Terminal())
-    assert console.interactive() and [type(c) for c in console.stage_callbacks(cfg, "weak")] == [console.StageBar]
+    assert console.interactive()
+    assert [type(c) for c in progress.stage_callbacks(cfg, "weak")] == [progress.StageBar]
     monkeypatch.setattr(sys, "stderr", io.StringIO())
-    assert not console.interactive() and [type(c) for c in console.stage_callbacks(cfg, "weak")] == [console.EpochLines]
+    assert not console.interactive()
+    assert [type(c) for c in progress.stage_callbacks(cfg, "weak")] == [progress.EpochLines]
     cfg.trainer.enable_progress_bar = False  # Lightning refuses a progress bar callback then
-    assert console.stage_callbacks(cfg, "weak") == []
+    assert progress.stage_callbacks(cfg, "weak") == []
 
 
 def test_bars_are_named_by_stage_with_rate_and_time_left(monkeypatch, capsys):
     screen = Terminal()
     monkeypatch.setattr(sys, "stderr", screen)
-    fit_and_predict(console.StageBar("ceiling"), predict_features=True)
+    fit_and_predict(progress.StageBar("ceiling"), predict_features=True)
     shown = screen.getvalue()
     assert "it/s" not in capsys.readouterr().out  # every bar on stderr, none on stdout
     assert "ceiling epoch 2/2" in shown and "it/s" in shown and "<00:00" in shown
@@ -132,7 +134,7 @@ def test_bars_are_named_by_stage_with_rate_and_time_left(monkeypatch, capsys):
 
 
 def test_lines_give_each_epoch_and_prediction_pass(capsys):
-    fit_and_predict(console.EpochLines("ceiling"))
+    fit_and_predict(progress.EpochLines("ceiling"))
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("  loss")[0] for line in lines[:2]] == ["ceiling  epoch 1/2", "ceiling  epoch 2/2"]
     assert all(re.fullmatch(r"ceiling  epoch \d/2  loss \d\.\d{3}  val acc 0\.750  \d+\.\d s", x) for x in lines[:2])

@@ -14,11 +14,13 @@ as `.corrupt-<key>-<time>` and recomputed, never read.
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from w2s_lightning import distributed
 from w2s_lightning.locks import HOST, LOCKS, STALE_AFTER, FileLease, make_lock, pid_alive, read_lease, why_stale
 
 log = logging.getLogger(__name__)
@@ -110,11 +113,15 @@ class StageCache:
         lock: str = "posix",
         stale_after: float = STALE_AFTER,
         lock_timeout: float = -1,
+        alone: bool = False,
     ):
+        """`alone`: a cache only this process uses while the others go on (rank 0's bookkeeping after
+        a run), so `run` makes no agreement with other ranks."""
         if lock not in LOCKS:
             raise ValueError(f"cache.lock must be one of {LOCKS}, not {lock!r}")
         self.root, self.enabled, self.force_retrain = Path(root), enabled, force_retrain
         self.lock_mode, self.stale_after, self.lock_timeout = lock, stale_after, lock_timeout
+        self.agree = (lambda decision: decision) if alone else distributed.agree
 
     def portable(self, value):
         """A path inside the cache (a finetuned backbone) as `cache://<relative path>`, so keys that
@@ -161,9 +168,12 @@ class StageCache:
 
     def run(self, stage: str, key: str, compute: Callable[[Path], dict]) -> StageResult:
         """Return the finished stage, computing it (into a folder it is handed) only if no
-        intact finished copy exists. `compute` returns the JSON-able record of the stage."""
+        intact finished copy exists. `compute` returns the JSON-able record of the stage.
+        Under data parallelism rank 0 decides and writes; the other ranks follow (`_follow`)."""
+        if not distributed.is_leader():
+            return self._follow(stage, key, compute)
         if hit := self.lookup(stage, key):
-            return hit
+            return self.agree(hit)
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         # prune treats a temporary as abandoned only when this lock is free, so the temporary
@@ -171,20 +181,44 @@ class StageCache:
         with self.lock(stage, key):
             # Another job may have finished it while this one waited for the lock.
             if self.enabled and not self.force_retrain and (hit := self._intact(stage, key)):
-                return hit
+                return self.agree(hit)
+            self.agree(None)
             tmp = final.parent / f".{key}.tmp-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()
             try:
-                record = compute(tmp)
-                record = {**record, "stage": stage, "key": key, "finished_at": time.time()}
-                record["files"] = checksums(tmp)
-                (tmp / RECORD).write_text(json.dumps(record, indent=2))
+                record = finish(tmp, stage, key, compute)
                 if final.exists():  # force_retrain replaces the old entry
                     shutil.rmtree(final)
                 os.replace(tmp, final)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return StageResult(record, final, cached=False)
+
+    def _follow(self, stage: str, key: str, compute: Callable[[Path], dict]) -> StageResult:
+        """A rank other than 0 takes no lock (rank 0 may hold it while they train together) and
+        writes nothing to the cache: it reads the entry rank 0 found, or computes alongside rank 0
+        into a private folder outside the cache, deleted when the process ends. Rank 0's choice
+        arrives through the process group; before one exists (a rank just started by the launcher)
+        the cache on disk decides, which is what rank 0 decided before it started the ranks."""
+        decided = distributed.agree(None)
+        if decided is not None:
+            return StageResult(decided.record, decided.path, cached=True)
+        if self.enabled and not self.force_retrain:
+            record, problem = check(self.path(stage, key))
+            if problem is None:
+                return StageResult(record, self.path(stage, key), cached=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"w2s-rank{distributed.rank()}-{stage}-"))
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        return StageResult(finish(tmp, stage, key, compute), tmp, cached=False)
+
+
+def finish(folder: Path, stage: str, key: str, compute: Callable[[Path], dict]) -> dict:
+    """Run `compute` into `folder` and write the entry's record, checksums included."""
+    record = compute(folder)
+    record = {**record, "stage": stage, "key": key, "finished_at": time.time()}
+    record["files"] = checksums(folder)
+    (folder / RECORD).write_text(json.dumps(record, indent=2))
+    return record
 
 
 def entries(root: Path, full: bool = False) -> list[dict]:

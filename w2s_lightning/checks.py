@@ -44,6 +44,7 @@ SLOT_RULES = {
 RULES: dict[str, tuple[str, Callable[[Any], bool], bool]] = {
     "seed": ("an integer >= 0", lambda v: is_int(v) and v >= 0, True),
     "ceiling_split": ("a or b", lambda v: v in ("a", "b"), True),
+    "threads": ("auto or an integer >= 1", lambda v: v == "auto" or COUNT[1](v), False),
     **{f"dataset.{n}": (*COUNT, True) for n in ("n_weak", "n_strong", "n_val", "n_test")},
     "dataset.holdout_fraction": ("a number with 0 < x < 1", lambda v: is_number(v) and 0 < v < 1, False),
     "dataset.max_overlap": (*SHARE, False),
@@ -72,6 +73,13 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{knob} is missing; fix: set {knob} to {what}")
         if not ok(value):
             raise ConfigError(f"{knob}={show(value)}: must be {what}; fix: set {knob} to {what}")
+    if OmegaConf.select(cfg, "trainer.precision", default=None) == "auto":
+        # Lightning has no "auto"; the presets' own value is the per-machine choice.
+        raise ConfigError(
+            "trainer.precision=auto: not a Lightning precision; the trainer presets already choose bf16-mixed "
+            "or 32-true by the hardware (w2s_lightning/precision.py); fix: drop the trainer.precision override, "
+            "or set it to 32-true or bf16-mixed"
+        )
     for slot in MODEL_SLOTS:
         micro, batch = cfg[slot].micro_batch_size, cfg[slot].batch_size
         if micro is not None and micro > batch:

@@ -60,18 +60,40 @@ def report_errors(fn: Callable[..., Any], *args: Any, multirun: bool | None = No
 def main_task(cfg: DictConfig) -> float | None:
     """The body of `train.py`: one experiment; returns the weak-labelled validation score a sweeper may
     optimise (never test PGR)."""
-    # Imported here, not above: torch and Lightning take seconds to import, and a typo in an
-    # override, `--help` or `--cfg job` should answer at once.
-    from w2s_lightning import console
+    # Imported here, not above: a typo in an override, `--help` or `--cfg job` should answer at once.
+    from w2s_lightning import console, replay
 
-    console.setup(cfg)  # before the pipeline imports anything that talks
-    from w2s_lightning.pipeline import run
-
+    replay.code_digest()  # now, so a run record names the code this process loaded, not later edits
     started = time.perf_counter()
     console.announce(cfg)
     try:
-        return report_errors(run, cfg)
+        return report_errors(answer, cfg)
+    except SystemExit as stop:
+        # Lightning turns a SIGTERM into an exit with status 0 after the current batch; a scheduler
+        # must see a killed job (143), and the user what to do.
+        if type(stop).__name__ != "SIGTERMException":
+            raise
+        print(
+            "error: stopped by SIGTERM during a stage; finished stages are cached: run the same command again "
+            "to go on from them",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(143) from None
     finally:
         # Also after a failure: the block names the stage. A sweep ends with its own table instead.
         if not in_multirun():
             console.summary(cfg, time.perf_counter() - started)
+
+
+def answer(cfg: DictConfig) -> float | None:
+    """A fully cached rerun's answer from its run record, written without importing torch or
+    Lightning (seconds); otherwise the pipeline's."""
+    from w2s_lightning import console, replay
+
+    if (replayed := replay.replay(cfg)) is not None:
+        return replayed.score
+    console.setup(cfg)  # before the pipeline imports anything that talks
+    from w2s_lightning.pipeline import run
+
+    return run(cfg)

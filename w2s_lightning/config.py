@@ -14,6 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from w2s_lightning import precision
 from w2s_lightning.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -99,6 +100,9 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("dir_name"):
         # Sweep job folders are named by their overrides (conf/hydra/default.yaml).
         OmegaConf.register_new_resolver("dir_name", dir_name)
+    if not OmegaConf.has_resolver("w2s.precision"):
+        # The trainer presets' precision, chosen by what the hardware runs natively (precision.py).
+        OmegaConf.register_new_resolver("w2s.precision", precision.resolve)
 
 
 def share_config_store() -> None:

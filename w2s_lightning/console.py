@@ -8,18 +8,17 @@ import json
 import logging
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
-from lightning.pytorch.utilities import rank_zero_only
+from w2s_lightning import distributed
 
 # Harmless messages that repeat on every run; verbose=true shows them again.
 QUIET_WARNINGS = (
     # torch 2.13 deprecated a class Lightning 2.6 still uses: one copy per fit and per prediction.
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # Data parallelism: the system gathers validation outputs from every rank before it logs.
+    r"It is recommended to use `self.log\(.*sync_dist=True\)`",
 )
 # Lightning's info lines: "GPU available", "TPU available", "💡 Tip", "Seed set to",
 # "`Trainer.fit` stopped", "Loading `train_dataloader`". Its warnings still show.
@@ -29,9 +28,15 @@ STAGE_WIDTH = len("ceiling")  # the longest stage name: per-stage lines line up
 
 def setup(cfg) -> None:
     """Once per run, before any stage: quiet the known third-party output unless `verbose`."""
+    # Lightning sets its loggers' level and handler when imported: import it first, then quiet it.
+    import lightning.pytorch  # noqa: F401
+
     if logging.getLogger().handlers:
         # Lightning adds its own stderr handler beside Hydra's: each of its lines would show twice.
         logging.getLogger("lightning").handlers.clear()
+    if not distributed.is_leader():
+        # Every rank runs the recipe; one copy of each line is enough (errors still show).
+        logging.getLogger().setLevel(logging.WARNING)
     if cfg.get("verbose", False):
         return
     # setdefault: a user who exported these keeps their choice.
@@ -73,13 +78,6 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 
-def stage_callbacks(cfg, stage: str) -> list:
-    """Lightning callbacks that show a stage's progress: a bar on a terminal, else lines."""
-    if not cfg.trainer.get("enable_progress_bar", True):
-        return []  # progress switched off on purpose (Lightning refuses a bar then)
-    return [StageBar(stage) if interactive() else EpochLines(stage)]
-
-
 def stage_metrics(metrics: dict, stage: str) -> dict[str, float]:
     """The numbers worth watching: the training loss and the validation accuracy (ClassifierSystem
     logs them as `<stage>/train/loss` and `<stage>/val/acc`)."""
@@ -104,102 +102,6 @@ def pass_name(pl_module) -> str:
     return "features" if getattr(pl_module, "predict_features", False) else "predict"
 
 
-class EpochLines(ProgressBar):
-    """One line per epoch (with the epoch's mean loss) and per prediction pass, printed to
-    stdout: readable in a log file, where a bar's redraws would be noise."""
-
-    def __init__(self, stage: str):
-        super().__init__()
-        self.stage, self.enabled = stage, True
-        self.started, self.losses = 0.0, []
-
-    def disable(self) -> None:  # Lightning calls this on every rank but the first
-        self.enabled = False
-
-    def enable(self) -> None:
-        self.enabled = True
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.started, self.losses = time.perf_counter(), []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = trainer.callback_metrics.get(f"{self.stage}/train/loss")
-        if loss is not None:
-            self.losses.append(float(loss))
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        # Validation has run by now, so its accuracy is this epoch's.
-        metrics = stage_metrics(trainer.callback_metrics, self.stage)
-        if self.losses:
-            metrics["loss"] = sum(self.losses) / len(self.losses)
-        seconds = time.perf_counter() - self.started
-        self.emit(epoch_line(self.stage, trainer.current_epoch + 1, trainer.max_epochs, metrics, seconds))
-
-    def on_predict_start(self, trainer, pl_module) -> None:
-        self.started = time.perf_counter()
-
-    def on_predict_end(self, trainer, pl_module) -> None:
-        loaders = trainer.predict_dataloaders
-        examples = sum(len(loader.dataset) for loader in (loaders if isinstance(loaders, list) else [loaders]))
-        self.emit(pass_line(self.stage, pass_name(pl_module), examples, time.perf_counter() - self.started))
-
-    def emit(self, line: str) -> None:
-        if self.enabled:
-            print(line, flush=True)
-
-
-class StageBar(TQDMProgressBar):
-    """Lightning's tqdm bars, named by stage (`ceiling epoch 1/2`, `ceiling features`), on stderr.
-    The training bar stays on screen when its stage ends; validation and prediction bars go."""
-
-    def __init__(self, stage: str):
-        super().__init__()
-        self.stage = stage
-
-    def bar(self, what: str, leave: bool, position: int = 0) -> Tqdm:
-        return Tqdm(
-            desc=f"{self.stage} {what}",
-            position=position,
-            disable=self.is_disabled,
-            leave=leave,
-            dynamic_ncols=True,
-            file=sys.stderr,
-            smoothing=0,
-            bar_format=self.BAR_FORMAT,
-        )
-
-    def init_sanity_tqdm(self) -> Tqdm:
-        return self.bar("sanity check", leave=False)
-
-    def init_train_tqdm(self) -> Tqdm:
-        return self.bar("epoch", leave=True)
-
-    def init_validation_tqdm(self) -> Tqdm:
-        return self.bar("validation", leave=False, position=1)
-
-    def init_predict_tqdm(self) -> Tqdm:
-        return self.bar("predict", leave=False)
-
-    # Lightning names each bar as it starts ("Epoch 0", "Predicting DataLoader 0"); rename it.
-    def on_train_epoch_start(self, trainer, *args) -> None:
-        super().on_train_epoch_start(trainer, *args)
-        self.train_progress_bar.set_description(f"{self.stage} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
-
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        super().on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
-        if batch_idx == 0:
-            what = "sanity check" if trainer.sanity_checking else "validation"
-            self.val_progress_bar.set_description(f"{self.stage} {what}")
-
-    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        super().on_predict_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
-        if batch_idx == 0:
-            self.predict_progress_bar.set_description(f"{self.stage} {pass_name(pl_module)}")
-
-    def get_metrics(self, trainer, pl_module) -> dict:
-        return stage_metrics(trainer.callback_metrics, self.stage)
-
-
 def shown(path) -> str:
     """`path` relative to the working directory when it lies inside it: shorter to read and copy."""
     path = Path(path).absolute()
@@ -209,9 +111,19 @@ def shown(path) -> str:
         return str(path)
 
 
-@rank_zero_only
 def announce(cfg) -> None:
+    if not distributed.is_leader():
+        return
     print(f"run folder: {shown(cfg.paths.output_dir)}", flush=True)
+
+
+def scores(results: dict) -> str:
+    """The run's numbers in one log line."""
+    pgr = "undefined" if results["pgr"] is None else f"{results['pgr']:.3f}"
+    return (
+        f"weak {results['weak']['acc']:.3f} | student {results['student']['acc']:.3f} | "
+        f"ceiling {results['ceiling']['acc']:.3f} | PGR {pgr}"
+    )
 
 
 def number(value) -> str:
@@ -250,9 +162,10 @@ def summary_lines(results: dict, where: str, seconds: float | None = None) -> li
     return lines
 
 
-@rank_zero_only
 def summary(cfg, seconds: float | None = None) -> None:
     """Print the summary block of the run in `cfg.paths.output_dir`, if it wrote results.json."""
+    if not distributed.is_leader():
+        return
     path = Path(cfg.paths.output_dir) / "results.json"
     try:
         results = json.loads(path.read_text())

@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
+from w2s_lightning import distributed
 from w2s_lightning.config import flat_config
 
 DEFAULT_NAME = "w2s"  # conf/train.yaml's `name`: a name the user chose is the group, the default is not
@@ -77,7 +78,10 @@ def stage_args(target, stage: str, tags: list[str], name: str, group: str) -> di
 
 def stage_loggers(cfg, stage: str, tags: list[str]) -> list[Logger]:
     """Every logger of `cfg.logger` for one stage that trains (or for the metrics run), each
-    holding the whole resolved config as hyperparameters."""
+    holding the whole resolved config as hyperparameters. Under data parallelism only rank 0
+    has loggers: the numbers every rank computes are the same."""
+    if not distributed.is_leader():
+        return []
     name, group = run_name(cfg, stage, tags), run_group(cfg)
     config = {**flat_config(cfg), "stage": stage}
     loggers = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from w2s_lightning import distributed
 from w2s_lightning.cache import StageResult
 from w2s_lightning.data.splits import SPLIT_NAMES
 from w2s_lightning.experiment import Experiment, Labels
@@ -54,7 +55,8 @@ def save_labels(exp: Experiment, weak: Labels, labels: Labels) -> None:
         frame["refined_prob"] = labels.b["prob"].to_numpy()
         frame["keep"] = labels.b["keep"].to_numpy() if "keep" in labels.b else True
     frame["gt_label"] = exp.splits.b["label"].to_numpy()
-    frame.to_parquet(exp.out_dir / "weak_labels.parquet")
+    if distributed.is_leader():
+        frame.to_parquet(exp.out_dir / "weak_labels.parquet")
 
 
 def measure(exp: Experiment, methods: dict, start: Start, weak: Labels, labels: Labels, ceiling, student) -> dict:

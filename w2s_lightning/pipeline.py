@@ -20,6 +20,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from w2s_lightning import console, distributed
 from w2s_lightning.cache import StageResult
 from w2s_lightning.checks import check_config
 from w2s_lightning.config import flat_config
@@ -29,6 +30,7 @@ from w2s_lightning.experiment import Experiment, Labels, plain
 from w2s_lightning.losses import CrossEntropy
 from w2s_lightning.measure import measure
 from w2s_lightning.methods import Start, method_label, uses_ground_truth
+from w2s_lightning.replay import remember
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,8 @@ def run(cfg: DictConfig) -> float | None:
             return None
         # A job killed from here on leaves "running": the sweep report lists it as unfinished.
         write_results(out_dir, {**results, "status": "running"})
-        results.update(experiment(cfg, out_dir, student_loss, methods))
+        scores, sources = experiment(cfg, out_dir, student_loss, methods)
+        results.update(scores)
     except Exception as error:
         # Bugs too: a sweep's report must list the job as failed, not as running.
         stage = getattr(error, "stage", "config" if isinstance(error, ConfigError) else "data")
@@ -82,13 +85,8 @@ def run(cfg: DictConfig) -> float | None:
         write_results(out_dir, {**results, "status": "failed", "failed_stage": stage, "error": message})
         raise
     write_results(out_dir, results)
-    log.info(
-        "weak %.3f | student %.3f | ceiling %.3f | PGR %s",
-        results["weak"]["acc"],
-        results["student"]["acc"],
-        results["ceiling"]["acc"],
-        "undefined" if results["pgr"] is None else f"{results['pgr']:.3f}",
-    )
+    remember(cfg, out_dir, sources)  # a rerun of this config answers from it without torch
+    log.info("%s", console.scores(results))
     return results["student"]["val_weak_acc"]
 
 
@@ -98,11 +96,13 @@ def build_methods(cfg: DictConfig) -> dict:
     return {group: instantiate(cfg[group], _partial_=True)() for group in ("pretrain", "labels", "refine", "select")}
 
 
-def experiment(cfg: DictConfig, out_dir: Path, student_loss, methods: dict) -> dict:
-    """The recipe; returns what results.json adds to the run's identity."""
+def experiment(cfg: DictConfig, out_dir: Path, student_loss, methods: dict) -> tuple[dict, list[StageResult]]:
+    """The recipe; returns what results.json adds to the run's identity, and the cache entries
+    its numbers were read from (for the run record, `replay.remember`)."""
     # `_partial_` so that a loader's own error reaches the user unwrapped by instantiate.
     splits = make_splits(instantiate(cfg.dataset.loader, _partial_=True)(), cfg.dataset, cfg.seed)
-    splits.save(out_dir / "splits.json")
+    if distributed.is_leader():
+        splits.save(out_dir / "splits.json")
     exp = Experiment(cfg, splits, out_dir, student_loss.label)
     exp.tags += [f"method:{method_label(methods)}"] + (["oracle"] if uses_ground_truth(methods) else [])
 
@@ -111,7 +111,8 @@ def experiment(cfg: DictConfig, out_dir: Path, student_loss, methods: dict) -> d
     labels = methods["refine"](exp, weak, start)  # relabelled or filtered by the strong model's view
     ceiling = train_ceiling(exp, start)
     student = train_student(exp, start, labels, student_loss, methods["select"])
-    return measure(exp, methods, start, weak, labels, ceiling, student)
+    scores = measure(exp, methods, start, weak, labels, ceiling, student)
+    return scores, [*start.stages, *weak.stages, *labels.stages, ceiling, student]
 
 
 def train_ceiling(exp: Experiment, start: Start) -> StageResult:
@@ -167,6 +168,8 @@ def strict(value):
 
 
 def write_results(out_dir: Path, results: dict) -> None:
+    if not distributed.is_leader():  # every rank runs the recipe; rank 0 alone writes the run's files
+        return
     tmp = out_dir / "results.json.tmp"
     tmp.write_text(json.dumps(strict(results), indent=2, allow_nan=False))
     shutil.move(tmp, out_dir / "results.json")

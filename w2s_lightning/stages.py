@@ -13,31 +13,76 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from w2s_lightning import distributed
 from w2s_lightning.cache import StageCache, stage_key
-from w2s_lightning.console import stage_callbacks
 from w2s_lightning.data.batches import FeatureExamples, encode, inference_loader, train_loader
 from w2s_lightning.data.splits import fingerprint
 from w2s_lightning.errors import TrainingDiverged
 from w2s_lightning.losses import Loss
 from w2s_lightning.models.backbone import load_tokenizer, random_weights
-from w2s_lightning.models.system import ClassifierSystem
+from w2s_lightning.models.classifier import Classifier
+from w2s_lightning.models.system import ClassifierSystem, configure_deepspeed_clip
+from w2s_lightning.progress import stage_callbacks
+from w2s_lightning.threads import AUTO, LARGE, use_threads, work_of
 
 # The catalogue fields that determine a frozen backbone's pooled features.
 FEATURE_FIELDS = ("pretrained", "tokenizer", "from_scratch", "config_overrides", "pooling", "max_length", "dropout")
 
 
+def make_trainer(cfg, **kwargs) -> L.Trainer:
+    """The configured Trainer. Its distributed sampler stays off: the pipeline's batch samplers
+    give each rank its share of every batch themselves (data/batches.py), and Lightning's would
+    split the dataset instead and undo the length grouping."""
+    trainer = instantiate(cfg.trainer, use_distributed_sampler=False, **kwargs)
+    configure_deepspeed_clip(trainer.strategy, cfg.train.grad_clip)
+    wrap_classifier(trainer.strategy)
+    return trainer
+
+
+def wrap_classifier(strategy) -> None:
+    """Under FSDP the classifier is a sharded unit of its own. A training step runs forward and
+    backward (several times, with micro-batches) inside the one forward of the root module, and FSDP
+    fails when the root itself holds weights, as it would the head and embeddings."""
+    if not isinstance(strategy, FSDPStrategy):
+        return
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    policy = strategy.kwargs.get("auto_wrap_policy")
+    if policy is None or isinstance(policy, ModuleWrapPolicy):
+        classes = set(policy._module_classes) if policy is not None else set()
+        strategy.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(classes | {Classifier})
+
+
+def sharded(trainer: L.Trainer) -> bool:
+    """Strategies that shard weights, and so should build the model inside their own context."""
+    return type(trainer.strategy).__name__ in ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
 def run_predict(trainer: L.Trainer, system: ClassifierSystem, examples, batch_size: int, pad_id: int) -> np.ndarray:
-    """Predictions in dataset order (inference runs in length order)."""
-    out = None
+    """Predictions in dataset order (inference runs in length order). Under data parallelism each
+    rank predicts its share and every rank receives all of them; each example must arrive exactly
+    once, or the stage fails rather than keep a hole or a double."""
     with warnings.catch_warnings():
-        # Lightning cannot see that FixedBatches yields every index; it does, by construction.
+        # Lightning cannot see that the batch sampler yields every index; it does, by construction.
         warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
         batches = trainer.predict(system, inference_loader(examples, batch_size, pad_id))
-    for index, values in batches:
-        if out is None:
-            out = np.empty((len(examples), *values.shape[1:]), dtype=np.float32)
-        out[index.numpy()] = values.float().numpy()
+    if trainer.received_sigterm:  # Lightning notes a SIGTERM during prediction and goes on
+        raise SIGTERMException
+    index = torch.cat([i for i, _ in batches])
+    values = torch.cat([v.float() for _, v in batches])
+    real = index >= 0  # stand-ins of ranks with no share of a batch carry ~i
+    index, values = (distributed.gather(x[real].to(system.device)).cpu() for x in (index, values))
+    counts = np.bincount(index.numpy(), minlength=len(examples))
+    if len(index) != len(examples) or (counts != 1).any():
+        raise RuntimeError(
+            f"predictions gathered from {distributed.world_size()} processes cover {int((counts > 0).sum())} of "
+            f"{len(examples)} examples with {len(index)} rows; every example must be predicted exactly once"
+        )
+    out = np.empty((len(examples), *values.shape[1:]), dtype=np.float32)
+    out[index.numpy()] = values.numpy()
     return out
 
 
@@ -62,7 +107,7 @@ class Inputs:
         self.feature_entries: list = []  # cache entries of the frozen features computed or read
 
     def __call__(self, frame: pd.DataFrame, targets, split: str):
-        keep_end = self.system.model.pooling == "last"
+        keep_end = self.system.pooling == "last"
         where = f"stage {self.stage}, split {split} ({self.spec.name})"
         knob = f"{self.slot}.max_length"
         # Training and validation targets are labels a cut could erase; predicted sets have none.
@@ -92,7 +137,8 @@ class Inputs:
         def compute(workdir: Path) -> dict:
             self.system.predict_features = True
             try:
-                feats = run_predict(self.trainer, self.system, encoded, self.spec.eval_batch_size, self.pad_id)
+                with use_threads(self.cfg.get("threads", AUTO), LARGE):  # a backbone over many texts splits well
+                    feats = run_predict(self.trainer, self.system, encoded, self.spec.eval_batch_size, self.pad_id)
             finally:
                 self.system.predict_features = False
             if not np.isfinite(feats).all():
@@ -133,16 +179,23 @@ def fit_predict(
     frames may lack a `label` column: a stage never needs ground truth it was not given. Returns
     the stage record. A non-finite loss or prediction raises TrainingDiverged."""
     L.seed_everything(cfg.seed, workers=True)  # each stage starts from the same state, cached or not
-    system = ClassifierSystem(
-        spec, loss, instantiate(cfg.optimizer), cfg.train.warmup_ratio, cfg.train.grad_clip, stage, slot
-    )
-    trainer = instantiate(
-        cfg.trainer,
+    trainer = make_trainer(
+        cfg,
         max_epochs=epochs or cfg.train.epochs,
         logger=loggers or False,
         default_root_dir=str(workdir),
         callbacks=stage_callbacks(cfg, stage) + (select.callbacks() if select else []),
         **(select.trainer_overrides(len(train), spec.batch_size) if select else {}),
+    )
+    system = ClassifierSystem(
+        spec,
+        loss,
+        instantiate(cfg.optimizer),
+        cfg.train.warmup_ratio,
+        cfg.train.grad_clip,
+        stage,
+        slot,
+        defer=sharded(trainer),
     )
     inputs = Inputs(cfg, spec, slot, system, trainer, cache, stage)
     if torch.cuda.is_available():
@@ -150,11 +203,13 @@ def fit_predict(
     train_examples = inputs(train, targets, "train")
     val_examples = inputs(val, val_targets, "val")
     start = time.perf_counter()
-    trainer.fit(
-        system,
-        train_loader(train_examples, spec.batch_size, inputs.pad_id, cfg.seed, cfg.train.group_by_length),
-        inference_loader(val_examples, spec.eval_batch_size, inputs.pad_id),
-    )
+    threads, work = cfg.get("threads", AUTO), work_of(spec)
+    with use_threads(threads, work) as fit_threads:
+        trainer.fit(
+            system,
+            train_loader(train_examples, spec.batch_size, inputs.pad_id, cfg.seed, cfg.train.group_by_length),
+            inference_loader(val_examples, spec.eval_batch_size, inputs.pad_id),
+        )
     train_seconds = time.perf_counter() - start
     record = {
         "model": spec.name,
@@ -162,13 +217,15 @@ def fit_predict(
         "train_seconds": train_seconds,
         "train_examples_per_s": (epochs or cfg.train.epochs) * len(train) / train_seconds,
         "val": {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if "/val/" in k},
+        "threads": fit_threads,
     }
     if select:
         record["selected"] = select.restore(system)
     start = time.perf_counter()
     for name, frame in predict.items():
         examples = inputs(frame, np.zeros(len(frame)), name)
-        probs = run_predict(trainer, system, examples, spec.eval_batch_size, inputs.pad_id).astype(np.float64)
+        with use_threads(threads, work):
+            probs = run_predict(trainer, system, examples, spec.eval_batch_size, inputs.pad_id).astype(np.float64)
         if not np.isfinite(probs).all():
             raise TrainingDiverged(
                 f"stage {stage}: {int((~np.isfinite(probs)).sum())} of {len(probs)} predictions on {name} are not "
@@ -179,5 +236,5 @@ def fit_predict(
     record["truncated"] = inputs.truncated
     record.update(peak_memory())
     if cfg.save_weights:
-        torch.save(system.model.trainable_state_dict(), workdir / "weights.pt")
+        torch.save(system.trainable_weights(), workdir / "weights.pt")
     return record

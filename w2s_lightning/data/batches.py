@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from w2s_lightning.distributed import share
 from w2s_lightning.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ class EncodedExamples(Dataset):
         return len(self.input_ids)
 
     def __getitem__(self, i: int) -> tuple[list[int], float, int]:
+        if i < 0:  # a stand-in for a rank with no share of a batch (distributed.share): example ~i
+            return self.input_ids[~i], float(self.targets[~i]), i
         return self.input_ids[i], float(self.targets[i]), i
 
     @property
@@ -43,6 +46,8 @@ class FeatureExamples(Dataset):
         return len(self.features)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, float, int]:
+        if i < 0:  # a stand-in, as in EncodedExamples
+            return self.features[~i], float(self.targets[~i]), i
         return self.features[i], float(self.targets[i]), i
 
     @property
@@ -130,7 +135,9 @@ def check_collisions(ids, frame, labels: np.ndarray, truncated: set[int], where:
 
 class LengthGroupedSampler(Sampler[list[int]]):
     """Shuffled batches of similar-length examples: shuffle, cut into mega-batches of
-    `group` batches, sort each by length, then shuffle the batch order."""
+    `group` batches, sort each by length, then shuffle the batch order. Under data parallelism
+    every rank draws the same batches and takes its share of each, so N processes train on the
+    batches one process would."""
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, group: int = 50):
         self.lengths, self.batch_size, self.seed, self.group = lengths, batch_size, seed, group
@@ -149,7 +156,7 @@ class LengthGroupedSampler(Sampler[list[int]]):
             chunk = order[start : start + mega]
             chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
             batches += [chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
-        yield from (batches[i] for i in rng.permutation(len(batches)))
+        yield from (share(batches[i]) for i in rng.permutation(len(batches)))
 
 
 class Collate:
@@ -182,32 +189,37 @@ def train_loader(
         sampler = LengthGroupedSampler(examples.lengths, batch_size, seed)
     else:
         generator = torch.Generator().manual_seed(seed)
-        sampler = torch.utils.data.BatchSampler(
-            torch.utils.data.RandomSampler(examples, generator=generator), batch_size, drop_last=False
+        sampler = SharedBatches(
+            torch.utils.data.BatchSampler(
+                torch.utils.data.RandomSampler(examples, generator=generator), batch_size, drop_last=False
+            )
         )
     return DataLoader(examples, batch_sampler=sampler, collate_fn=Collate(pad_id), num_workers=num_workers)
 
 
-class FixedBatches(Sampler[list[int]]):
-    """A precomputed batch order (Lightning wraps batch samplers, so a plain list won't do)."""
+class SharedBatches(Sampler[list[int]]):
+    """This rank's share of each batch of `batches` (any iterable of index lists): a precomputed
+    order, or a batch sampler. Lightning's own distributed sampler is off (stages.make_trainer):
+    it would split the examples, not the batches, and lose the length grouping."""
 
-    def __init__(self, batches: list[list[int]]):
+    def __init__(self, batches):
         self.batches = batches
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self):
-        return iter(self.batches)
+        return (share(list(batch)) for batch in self.batches)
 
 
 def inference_loader(examples: EncodedExamples, batch_size: int, pad_id: int, num_workers: int = 0) -> DataLoader:
     """Longest first, so the largest batch (peak memory) comes first and padding is minimal;
-    each batch carries `index` so predictions go back to dataset order."""
+    each batch carries `index` so predictions go back to dataset order (and, under data
+    parallelism, are gathered from every rank's share)."""
     order = np.argsort(-examples.lengths, kind="stable").tolist()
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return DataLoader(
-        examples, batch_sampler=FixedBatches(batches), collate_fn=Collate(pad_id), num_workers=num_workers
+        examples, batch_sampler=SharedBatches(batches), collate_fn=Collate(pad_id), num_workers=num_workers
     )
 
 

@@ -16,10 +16,8 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from hydra.utils import instantiate
 
 from w2s_lightning.cache import stage_key
-from w2s_lightning.console import stage_callbacks
 from w2s_lightning.data.batches import encode
 from w2s_lightning.data.splits import aligned
 from w2s_lightning.errors import ConfigError
@@ -30,7 +28,8 @@ from w2s_lightning.methods.confidence import drop_lowest
 from w2s_lightning.models.backbone import load_config, load_tokenizer
 from w2s_lightning.models.classifier import resolve_pooling
 from w2s_lightning.models.system import ClassifierSystem
-from w2s_lightning.stages import Inputs
+from w2s_lightning.progress import stage_callbacks
+from w2s_lightning.stages import Inputs, make_trainer
 
 STAGE = "refine"
 
@@ -55,7 +54,7 @@ class FrozenInputs(Inputs):
     @cached_property
     def trainer(self) -> L.Trainer:
         callbacks = stage_callbacks(self.cfg, self.stage)
-        return instantiate(self.cfg.trainer, logger=False, default_root_dir=str(self.workdir), callbacks=callbacks)
+        return make_trainer(self.cfg, logger=False, default_root_dir=str(self.workdir), callbacks=callbacks)
 
 
 def strong_features(exp: Experiment, spec, splits: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], list]:

@@ -44,7 +44,7 @@ class KeepBest(L.Callback):
         score = trainer.callback_metrics.get(self.monitor)
         if score is not None and float(score) > self.best:
             self.best, self.step = float(score), trainer.global_step
-            self.weights = copy.deepcopy(system.model.trainable_state_dict())
+            self.weights = copy.deepcopy(system.trainable_weights())
 
 
 class WeakValidation(LastCheckpoint):
@@ -72,7 +72,7 @@ class WeakValidation(LastCheckpoint):
     def restore(self, system) -> dict:
         if self.keeper is None or self.keeper.weights is None:
             return {}
-        system.model.load_state_dict(self.keeper.weights, strict=False)
+        system.load_weights(self.keeper.weights)
         return {"step": self.keeper.step, "val_score": self.keeper.best}
 
 

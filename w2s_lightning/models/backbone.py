@@ -2,8 +2,10 @@
 
 `pretrained` takes three forms: a hub id (`gpt2`) or local folder, `pkg://module/subdir`
 for weights that a pip package ships (no network), or `model_type:gpt2` for random weights
-from the library's default config of that architecture (throughput checks, tests). A hub id
-may name a `revision` (branch, tag or commit), such as an earlier Pythia checkpoint."""
+from the library's default config of that architecture (throughput checks, tests). A local or
+`pkg://` path may also name a single GGUF or ONNX file, which is converted into a model folder
+once (`w2s_lightning.models.convert`). A hub id may name a `revision` (branch, tag or commit),
+such as an earlier Pythia checkpoint."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
 from w2s_lightning.errors import ModelLoadError
+from w2s_lightning.models import convert
 
 PKG_PREFIX = "pkg://"
 MODEL_TYPE_PREFIX = "model_type:"
@@ -20,15 +23,21 @@ DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_prob")
 
 
 def resolve_source(source: str) -> str:
-    """A `pkg://` source becomes the folder inside the installed package."""
+    """A `pkg://` source becomes the path inside the installed package; a file in a format that
+    `convert.CONVERTERS` reads (a GGUF or ONNX file) becomes the model folder converted from it,
+    converted on first use and read from the cache after that."""
     if not source.startswith(PKG_PREFIX):
-        return str(Path(source).expanduser()) if Path(source).expanduser().exists() else source
-    module, _, subdir = source[len(PKG_PREFIX) :].partition("/")
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        dist = module.replace("_", "-")
-        raise ModelLoadError(f"model source {source}: package '{module}' is not installed; fix: pip install {dist}")
-    return str(Path(next(iter(spec.submodule_search_locations))) / subdir)
+        path = Path(source).expanduser()
+        if not path.exists():
+            return source
+    else:
+        module, _, subdir = source[len(PKG_PREFIX) :].partition("/")
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            dist = module.replace("_", "-")
+            raise ModelLoadError(f"model source {source}: package '{module}' is not installed; fix: pip install {dist}")
+        path = Path(next(iter(spec.submodule_search_locations))) / subdir
+    return str(convert.materialise(path) if convert.converter_for(path) else path)
 
 
 def model_revision(spec) -> str | None:

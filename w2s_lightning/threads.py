@@ -1,0 +1,110 @@
+"""How many torch threads each piece of a stage runs on (the `threads` knob).
+
+Small work (a linear head on cached features, a model of a few million parameters) runs
+matrix products too small to split: a second thread mostly waits on the first, and on a
+shared machine two threads of one process stall each other (a weak fit that takes 2 s on one
+quiet core took up to 38 s on two busy ones). Large work (a frozen backbone's feature
+extraction, a big model) splits well and gets every core this process may use.
+
+`threads: auto` applies that rule; an integer forces a count for every piece of work. The
+cores a process may use are the fewest of: its CPU affinity, its cgroup CPU quota,
+`OMP_NUM_THREADS` when set (Hydra's joblib launcher sets it to cores // n_jobs in each worker,
+Ray to the job's num_cpus, Lightning's DDP launcher to cores // processes), and the thread
+count torch had when the outermost `use_threads` was entered (torch's default is the physical
+cores; a program embedding the pipeline may have lowered it)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SMALL, LARGE = "small", "large"
+AUTO = "auto"
+# Catalogue sizes below this train and predict on one thread under `auto`. The from-scratch
+# weak models (1-5M parameters, most of them an embedding table) sit below it; MiniLM-L6
+# (22.7M) and every pretrained hub model above it.
+SMALL_PARAMS = 1.0e7
+CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+
+_budget: int | None = None  # set by the outermost `use_threads`, read by nested ones
+
+
+def work_of(spec) -> str:
+    """What training or predicting with catalogue entry `spec` costs: a linear probe trains and
+    predicts with its head alone (the backbone's features are extracted separately, as LARGE)."""
+    return SMALL if spec.linear_probe or float(spec.size) < SMALL_PARAMS else LARGE
+
+
+def cgroup_cpus(v2: Path = CGROUP_V2, v1: tuple[Path, Path] = CGROUP_V1) -> int | None:
+    """CPUs this container may use by its CFS quota, rounded up; None when unlimited or unknown."""
+    try:
+        quota, period = v2.read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota, period = (p.read_text().strip() for p in v1)
+        except OSError:
+            return None
+    if quota in ("max", "-1"):
+        return None
+    try:
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def affinity_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def env_threads(env=os.environ) -> int | None:
+    try:
+        value = int(env.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return value if value >= 1 else None
+
+
+def budget(affinity: int, quota: int | None, omp: int | None, current: int | None) -> int:
+    """The cores this process may use: the fewest that any of the limits allows."""
+    return max(1, min(x for x in (affinity, quota, omp, current) if x is not None))
+
+
+def choose(setting, work: str, cores: int) -> int:
+    """Threads for `work` (SMALL or LARGE) under `setting` (`auto` or an integer >= 1), given the
+    process's `cores`."""
+    if setting == AUTO:
+        if work not in (SMALL, LARGE):
+            raise ValueError(f"work '{work}' is neither '{SMALL}' nor '{LARGE}'")
+        return 1 if work == SMALL else cores
+    if isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1:
+        return setting
+    raise ValueError(f"threads={setting!r}: must be auto or an integer >= 1")
+
+
+@contextmanager
+def use_threads(setting, work: str) -> Iterator[int]:
+    """Run the block on `choose(setting, work, ...)` torch threads, then restore the count found."""
+    import torch
+
+    global _budget
+    previous = torch.get_num_threads()
+    outermost = _budget is None
+    if outermost:
+        _budget = budget(affinity_cpus(), cgroup_cpus(), env_threads(), previous)
+    try:
+        count = choose(setting, work, _budget)
+        if count != previous:
+            torch.set_num_threads(count)
+        yield count
+    finally:
+        # Also when the block changed it (Lightning's DDP launcher sets its own count).
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+        if outermost:
+            _budget = None
