@@ -4,6 +4,10 @@ previous count comes back afterwards."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import joblib
 import pytest
 import torch
@@ -15,6 +19,8 @@ from w2s_lightning.errors import ConfigError
 from w2s_lightning.models.system import ClassifierSystem
 from w2s_lightning.pipeline import run
 from w2s_lightning.threads import LARGE, SMALL
+
+from .helpers import ROOT
 
 
 @pytest.mark.parametrize(
@@ -178,3 +184,24 @@ def test_stages_run_under_the_chosen_count(make_cfg, monkeypatch, cores, setting
 def test_a_bad_threads_value_is_refused(make_cfg, value):
     with pytest.raises(ConfigError, match=rf"threads={value}: must be auto or an integer >= 1"):
         check_config(make_cfg(f"threads={value}"))
+
+
+def test_idle_openmp_threads_sleep_unless_the_user_chose():
+    env = {}
+    threads.sleep_when_idle(env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    threads.sleep_when_idle(env)
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_setup_sets_the_wait_policy_before_torch_loads():
+    """train.py runs config.setup() at import, before anything imports torch (whose OpenMP reads
+    the variable once, when it loads)."""
+    code = (
+        "import os, sys; from w2s_lightning import config; config.setup(); "
+        "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["PASSIVE", "False"]

@@ -14,7 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from w2s_lightning import precision
+from w2s_lightning import precision, threads
 from w2s_lightning.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -115,7 +115,8 @@ def share_config_store() -> None:
 
 
 def setup() -> None:
-    """Everything that must happen before Hydra composes a config."""
+    """Everything that must happen before Hydra composes a config (and so before torch loads)."""
+    threads.sleep_when_idle()
     register_resolvers()
     register_model_catalogue()
     share_config_store()
