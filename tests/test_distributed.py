@@ -205,3 +205,14 @@ def test_train_py_runs_the_recipe_in_two_processes(tmp_path):
         assert len([p for p in (cache / stage).iterdir() if p.is_dir()]) == 1, stage
     assert not list(cache.rglob(".*tmp-*")), "a temporary was left in the cache"
     assert done.stdout.count("weak     epoch 1/1") == 1  # one copy of each line, from rank 0
+
+
+def test_fsdp_keeps_lora_and_gradient_checkpointing_working(tmp_path):
+    out = tmp_path / "lora"
+    launch(out, 2, "fsdp", "xent", "strong_model.lora.enabled=true", "strong_model.gradient_checkpointing=true")
+    weights = torch.load(out / "weights.pt")
+    # Built in configure_model under FSDP, the model still trains adapters and the head only.
+    assert {n.split(".")[0] for n in weights} == {"backbone", "head"}
+    assert all("lora_" in n for n in weights if n.startswith("backbone."))
+    predicted, ids = pd.read_parquet(out / "test.parquet"), pd.read_parquet(out / "test_ids.parquet")
+    assert predicted["id"].tolist() == ids["id"].tolist() and predicted["prob"].notna().all()
