@@ -1,10 +1,11 @@
 """How many torch threads each piece of a stage runs on (the `threads` knob).
 
 Small work (a linear head on cached features, a model of a few million parameters) runs
-matrix products too small to split: a second thread mostly waits on the first, and on a
-shared machine two threads of one process stall each other (a weak fit that takes 2 s on one
-quiet core took up to 38 s on two busy ones). Large work (a frozen backbone's feature
-extraction, a big model) splits well and gets every core this process may use.
+matrix products too small to split well, and on a shared machine two threads of one process
+stall each other: the embedded default's weak fit took 4-5 s on one thread and 15-95 s on two
+while other processes used the 2 cores. The price on free cores: two threads ran its training
+steps 1.5x faster. Large work (a frozen backbone's feature extraction, a big model) splits well
+(MiniLM's features 2x faster on two free cores) and gets every core this process may use.
 
 `threads: auto` applies that rule; an integer forces a count for every piece of work. The
 cores a process may use are the fewest of: its CPU affinity, its cgroup CPU quota,
