@@ -216,3 +216,18 @@ def test_fsdp_keeps_lora_and_gradient_checkpointing_working(tmp_path):
     assert all("lora_" in n for n in weights if n.startswith("backbone."))
     predicted, ids = pd.read_parquet(out / "test.parquet"), pd.read_parquet(out / "test_ids.parquet")
     assert predicted["id"].tolist() == ids["id"].tolist() and predicted["prob"].notna().all()
+
+
+def test_predictions_that_miss_or_repeat_an_example_fail_the_stage():
+    from types import SimpleNamespace
+
+    from w2s_lightning.stages import run_predict
+
+    # A batch order that repeats example 1 and never predicts example 2 (as a wrong split across
+    # ranks would): the stage stops rather than keep a hole filled with garbage.
+    batches = [(torch.tensor([0, 1]), torch.tensor([0.1, 0.2])), (torch.tensor([1]), torch.tensor([0.3]))]
+    trainer = SimpleNamespace(predict=lambda system, loader: batches, received_sigterm=False)
+    system = SimpleNamespace(device=torch.device("cpu"))
+    examples = EncodedExamples([[1], [2], [3]], np.zeros(3))
+    with pytest.raises(RuntimeError, match="cover 2 of 3 examples with 3 rows"):
+        run_predict(trainer, system, examples, batch_size=2, pad_id=0)
