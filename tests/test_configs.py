@@ -72,6 +72,14 @@ def test_config_file_composes_and_instantiates(group, option):
             assert isinstance(instantiate(node), functools.partial)
 
 
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_an_experiment_preset_sets_what_train_yaml_also_sets(experiment):
+    """An experiment file's values win over train.yaml's (its name titles the report and groups the
+    dashboard), and the command line still wins over both."""
+    assert compose_with(f"experiment={experiment}").name == experiment
+    assert compose_with(f"experiment={experiment}", "name=mine").name == "mine"
+
+
 def test_launcher_presets_compose():
     for launcher in ("joblib", "ray_local", "ray_cluster", "slurm_gpu", "submitit_local"):
         cfg = compose_with(f"hydra/launcher={launcher}")

@@ -3,6 +3,7 @@ slots, and the resolvers that the YAML files use."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -61,11 +62,15 @@ class ModelSpec:
     notes: str = ""  # memory and hardware notes for people choosing a model
 
 
+@functools.cache
+def model_schema() -> Any:
+    return OmegaConf.structured(ModelSpec)  # built once: merge copies it, and every run loads ~35 files
+
+
 def load_model_spec(path: Path) -> Any:
     """Validate one catalogue file against `ModelSpec`."""
-    schema = OmegaConf.structured(ModelSpec)
     try:
-        return OmegaConf.merge(schema, OmegaConf.load(path))
+        return OmegaConf.merge(model_schema(), OmegaConf.load(path))
     except Exception as err:  # omegaconf raises several error types; all mean the same here
         raise ValueError(f"model catalogue file {path} does not match ModelSpec: {err}") from err
 

@@ -7,6 +7,7 @@ error naming the files."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 
@@ -22,6 +23,7 @@ SPACE = re.compile(r"\s+")
 RETWEET = re.compile(r"^(?:rt\b[\s:]*)+")
 
 
+@functools.lru_cache(maxsize=1 << 17)  # a pool is normalised up to 3 times a run; bounded for hub-sized pools
 def normalise(text: str) -> str:
     text = SPACE.sub(" ", MENTION.sub(" ", URL.sub(" ", str(text).lower()))).strip()
     return RETWEET.sub("", text).strip(" :")
