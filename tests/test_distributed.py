@@ -187,6 +187,19 @@ def test_fsdp_wraps_the_classifier_as_a_unit_of_its_own():
     assert strategy.kwargs["auto_wrap_policy"]._module_classes == {GPT2Block, Classifier}
 
 
+def test_sharding_strategies_and_their_subclasses_build_the_model_in_configure_model():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from w2s_lightning.stages import sharded
+    from w2s_lightning.strategies import CPUFSDPStrategy
+
+    assert sharded(SimpleNamespace(strategy=FSDPStrategy()))
+    assert sharded(SimpleNamespace(strategy=CPUFSDPStrategy()))
+    assert not sharded(SimpleNamespace(strategy=DDPStrategy()))
+
+
 def test_train_py_runs_the_recipe_in_two_processes(tmp_path):
     """`python train.py trainer=ddp_cpu`: Lightning starts the second rank by running the same command
     again; every stage trains in both, rank 0 alone writes the cache and the run's files."""

@@ -129,3 +129,32 @@ def test_head_and_logits_stay_float32_under_bf16_autocast():
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids))
         assert model.head(torch.ones(1, 32)).dtype == torch.bfloat16  # autocast is on: a bare head call is bf16
     assert logits.dtype == torch.float32
+
+
+def clipping_system(scaler) -> tuple[object, torch.optim.Optimizer]:
+    from types import SimpleNamespace
+
+    from w2s_lightning.losses import CrossEntropy
+    from w2s_lightning.models.system import ClassifierSystem
+
+    system = ClassifierSystem(spec("tiny_gpt2"), CrossEntropy(), torch.optim.AdamW, grad_clip=1.0)
+    system._trainer = SimpleNamespace(strategy=object(), precision_plugin=SimpleNamespace(scaler=scaler))
+    params = [p for p in system.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.full_like(p, 10.0)
+    return system, torch.optim.AdamW(params, lr=1e-3, fused=True)
+
+
+def test_a_fused_optimizer_is_clipped_to_the_norm_without_a_loss_scaler():
+    system, optimizer = clipping_system(scaler=None)  # float32 or bf16-mixed
+    system.clip_norm(optimizer)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in system.parameters()]))
+    assert norm == pytest.approx(1.0, rel=1e-3)  # from 10 per element: a norm in the thousands
+
+
+def test_a_fused_optimizer_with_fp16_loss_scaling_is_refused_with_the_fix():
+    from w2s_lightning.errors import ConfigError
+
+    system, optimizer = clipping_system(scaler=object())  # 16-mixed: gradients are scaled until the step
+    with pytest.raises(ConfigError, match="optimizer.fused=false"):
+        system.clip_norm(optimizer)

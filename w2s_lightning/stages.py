@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from w2s_lightning import distributed
@@ -57,8 +57,9 @@ def wrap_classifier(strategy) -> None:
 
 
 def sharded(trainer: L.Trainer) -> bool:
-    """Strategies that shard weights, and so should build the model inside their own context."""
-    return type(trainer.strategy).__name__ in ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+    """Strategies that shard weights, and so should build the model inside their own context
+    (subclasses too: `trainer=fsdp_cpu` runs one)."""
+    return isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy))
 
 
 def run_predict(trainer: L.Trainer, system: ClassifierSystem, examples, batch_size: int, pad_id: int) -> np.ndarray:

@@ -157,6 +157,16 @@ class ClassifierSystem(L.LightningModule):
             return
         if isinstance(strategy, FSDPStrategy):
             clip_sharded(strategy.model, self.grad_clip)
+        elif getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            # No loss scaling (float32, bf16): the gradients are the true ones, so clip them here.
+            # Lightning's own clip refuses fused optimizers under any mixed precision, scaler or not.
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        elif optimizer.defaults.get("fused"):
+            raise ConfigError(
+                "a fused optimizer unscales fp16 gradients inside its step, after they must be clipped; fix: "
+                "optimizer.fused=false with trainer.precision=16-mixed (or use bf16-mixed, which needs no scaler)"
+            )
         else:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 
