@@ -156,5 +156,5 @@ def test_a_fused_optimizer_with_fp16_loss_scaling_is_refused_with_the_fix():
     from w2s_lightning.errors import ConfigError
 
     system, optimizer = clipping_system(scaler=object())  # 16-mixed: gradients are scaled until the step
-    with pytest.raises(ConfigError, match="optimizer.fused=false"):
+    with pytest.raises(ConfigError, match=r"optimizer\.fused=false"):
         system.clip_norm(optimizer)
