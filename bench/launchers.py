@@ -54,6 +54,20 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=20)
 
 
+def run_in_session(cmd: list[str], cwd: Path, env: dict, log_file: Path, timeout: float) -> tuple[int | None, int]:
+    """Run `cmd` in its own session with its output in `log_file`, so that Ray's processes or
+    submitit's jobs end with it on a failure: its exit status (None if it timed out) and its pid."""
+    with log_file.open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            stop(proc)
+    return rc, proc.pid
+
+
 def launcher_overrides(name: str, workers: int) -> list[str]:
     """How each launcher is asked for `workers` jobs at once (submitit's local executor has no such
     knob: it starts every job at once)."""
@@ -76,15 +90,7 @@ def run_grid(launcher: str, workers: int, root: Path, threads: int, timeout: flo
     env.pop("RAY_ADDRESS", None)
     log_file = root / "sweep.log"
     start = time.perf_counter()
-    with log_file.open("w") as log:
-        # Its own session, so that Ray's processes or submitit's jobs end with it on a failure.
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            rc = None
-        finally:
-            stop(proc)
+    rc, _ = run_in_session(cmd, root, env, log_file, timeout)
     seconds = time.perf_counter() - start
     if rc != 0:
         raise RuntimeError(f"{launcher} sweep {'timed out' if rc is None else f'exited {rc}'} ({' '.join(cmd)}):\n"

@@ -3,26 +3,17 @@ and the share of the peak of the precision training used that training reaches."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from bench.common import Clock, spread, synchronize
 from bench.flops import dtype_of_precision
+from w2s_lightning.precision import cpu_flags
 
 # A GPU finishes one large product in about a millisecond: time enough of them to dwarf the clock's jitter.
 PRODUCTS_PER_REPEAT = {"cpu": 3, "cuda": 50}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # CPU instructions that run bfloat16 products natively; without them torch converts and is slower than float32.
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_flags() -> set[str]:
-    path = Path("/proc/cpuinfo")
-    for line in path.read_text().splitlines() if path.exists() else []:
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def fast_dtypes(device: torch.device) -> dict[str, str]:

@@ -42,12 +42,11 @@ from bench.common import (
     torch_device,
 )
 from bench.modes import Settings
-from bench.throughput import Workload, build_workload, count_parameters, rates, run_framework
-from w2s_lightning.data.batches import EncodedExamples, encode
+from bench.throughput import Workload, build_workload, count_parameters, encode_split, rates, run_framework
+from w2s_lightning.data.batches import EncodedExamples
 from w2s_lightning.data.splits import make_splits
 from w2s_lightning.losses import CrossEntropy
-from w2s_lightning.models.backbone import MODEL_TYPE_PREFIX, load_config, load_tokenizer, resolve_source
-from w2s_lightning.models.classifier import resolve_pooling
+from w2s_lightning.models.backbone import MODEL_TYPE_PREFIX, resolve_source
 from w2s_lightning.models.system import ClassifierSystem
 from w2s_lightning.stages import run_predict
 
@@ -281,7 +280,8 @@ def measure_peer(settings: Settings, workdir: Path, repeats: int, threads: int) 
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = compose_cfg(overrides, workdir)
     batch_size = theirs.OPENAI_DEFAULTS["batch_size"]
-    grouped = whole_batches(build_workload(cfg, 0, 1), batch_size)
+    splits = make_splits(instantiate(cfg.dataset.loader), cfg.dataset, cfg.seed)
+    grouped = whole_batches(build_workload(cfg, 0, 1, splits), batch_size)
     shuffled = dataclasses.replace(grouped, group_by_length=False)
     grouped = dataclasses.replace(grouped, group_by_length=True)
     device, lengths = grouped.device, grouped.examples.lengths
@@ -289,19 +289,13 @@ def measure_peer(settings: Settings, workdir: Path, repeats: int, threads: int) 
     # Their data order: our shuffled loader's batches laid end to end, so their batches are ours.
     order = [int(i) for batch in shuffled.batches(shuffled.loader()) for i in batch["index"]]
 
-    splits = make_splits(instantiate(cfg.dataset.loader), cfg.dataset, cfg.seed)
     spec_ours = cfg.strong_model
-    tokenizer = load_tokenizer(spec_ours)
-    keep_end = resolve_pooling(spec_ours, load_config(spec_ours)) == "last"
-    labels = splits.test["label"].to_numpy(float)
-    test = encode(splits.test, tokenizer, spec_ours.max_length, labels, keep_end, "bench/peer test")
+    test, pad_id = encode_split(cfg, splits.test, "bench/peer test")
     data = workdir / "peer_data.jsonl"
     data_sha = write_peer_data(splits, data)
     spec = peer_spec(cfg, data, device)
 
-    bench = Bench(
-        grouped, shuffled, strong, order, test, splits.test["text"].tolist(), tokenizer.pad_token_id, spec, overrides
-    )
+    bench = Bench(grouped, shuffled, strong, order, test, splits.test["text"].tolist(), pad_id, spec, overrides)
     train, infer, whole, precision, fit = run_rounds(bench, repeats, threads, workdir)
 
     minibatch = {"theirs": theirs.OPENAI_DEFAULTS["minibatch_size"], "ours_grouped": 10**9, "ours_shuffled": 10**9}

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench.common import Clock, make_trainer, spread, synchronize, torch_device
 from bench.flops import SAMPLE_STEPS, autocast_for_precision, counted_flops
 from w2s_lightning.data.batches import EncodedExamples, encode, train_loader
-from w2s_lightning.data.splits import make_splits
+from w2s_lightning.data.splits import Splits, make_splits
 from w2s_lightning.models.backbone import load_config, load_tokenizer
 from w2s_lightning.models.classifier import Classifier, resolve_pooling
 from w2s_lightning.models.system import MODEL_INPUTS, ClassifierSystem
@@ -66,16 +66,22 @@ class Workload:
                 step += 1
 
 
-def build_workload(cfg: DictConfig, warmup: int, timed: int) -> Workload:
-    """Split B with its true labels standing in for weak labels: speed does not depend on
-    the target values, and the weak stage need not run first."""
-    splits = make_splits(instantiate(cfg.dataset.loader), cfg.dataset, cfg.seed)
+def encode_split(cfg: DictConfig, frame, where: str) -> tuple[EncodedExamples, int]:
+    """A split as the strong model reads it, its true labels as targets, and the pad id."""
     spec = cfg.strong_model
     tokenizer = load_tokenizer(spec)
     keep_end = resolve_pooling(spec, load_config(spec)) == "last"
-    targets = splits.b["label"].to_numpy(float)
-    examples = encode(splits.b, tokenizer, spec.max_length, targets, keep_end, "student/train")
-    return Workload(cfg, examples, tokenizer.pad_token_id, warmup, timed)
+    examples = encode(frame, tokenizer, spec.max_length, frame["label"].to_numpy(float), keep_end, where)
+    return examples, tokenizer.pad_token_id
+
+
+def build_workload(cfg: DictConfig, warmup: int, timed: int, splits: Splits | None = None) -> Workload:
+    """Split B with its true labels standing in for weak labels: speed does not depend on
+    the target values, and the weak stage need not run first."""
+    if splits is None:
+        splits = make_splits(instantiate(cfg.dataset.loader), cfg.dataset, cfg.seed)
+    examples, pad_id = encode_split(cfg, splits.b, "student/train")
+    return Workload(cfg, examples, pad_id, warmup, timed)
 
 
 def planned_batches(work: Workload) -> list[dict]:

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from bench.launchers import stop
+from bench.launchers import run_in_session, stop
 
 from .helpers import ROOT, TINY
 
@@ -69,19 +69,10 @@ def run_sweep(tmp_path: Path, *overrides: str, env: dict | None = None) -> tuple
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", *overrides, *tiny,
            f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}"]  # fmt: skip
     log_file = tmp_path / "sweep.log"
-    with log_file.open("w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=tmp_path, env=env or sweep_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            rc = proc.wait(timeout=SWEEP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            rc = None
-        finally:
-            stop(proc)
+    rc, pid = run_in_session(cmd, tmp_path, env or sweep_env(), log_file, SWEEP_TIMEOUT)
     text = log_file.read_text()
     assert rc == 0, f"the sweep {'timed out' if rc is None else f'exited {rc}'}:\n{text[-4000:]}"
-    return sweep, text, proc.pid
+    return sweep, text, pid
 
 
 def check_grid(sweep: Path, cache: Path, log: str) -> list[Path]:
