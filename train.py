@@ -15,7 +15,7 @@ terminal each stage shows a progress bar, in a log file one line per epoch. Libr
 import hydra
 from omegaconf import DictConfig
 
-from w2s_lightning import config
+from w2s_lightning import config, heap
 from w2s_lightning.cli import main_task
 
 config.setup()
@@ -27,4 +27,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    heap.own_process()  # a process of our own: spare it the collector's walks over imported objects
     main()

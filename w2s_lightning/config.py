@@ -58,6 +58,7 @@ class ModelSpec:
     linear_probe: bool = False  # freeze the backbone and train only the head
     lora: LoraSpec = field(default_factory=LoraSpec)  # low-rank adapters through peft
     gradient_checkpointing: bool = False  # recompute activations in backward: memory for compute
+    fused_activations: bool = True  # gelu_new and kin as torch's one kernel of the same function (models/backbone.py)
     trust_remote_code: bool = False  # run code from the model repo; off unless a model file turns it on
     notes: str = ""  # memory and hardware notes for people choosing a model
 

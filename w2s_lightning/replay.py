@@ -7,10 +7,13 @@ hashes the resolved config (less the knobs in NOT_IN_KEY), the package's code an
 catalogue, the versions of the libraries that compute or read results, every other file the
 config names, and CACHE_VERSION.
 
-`replay` answers a rerun from that record when nothing would run: it rebuilds the splits (pandas
-only), and answers only if their fingerprints and the duplicate guard's counts equal the
-record's, and every listed entry is intact (every file's sha256, as a cache hit checks) and is
-still the very entry the numbers came from. It then writes what a cached rerun writes:
+`replay` answers a rerun from that record when nothing would run, and only if every listed entry
+is intact (every file's sha256, as a cache hit checks) and is still the very entry the numbers
+came from, and the data is the data the numbers came from. Where the dataset's loader reads files
+that `data/inputs.py` can name from the config (the embedded default, a local file), the record
+also keeps their sha256 and the splits the run drew: equal hashes give those splits without
+importing pandas. Otherwise it rebuilds the splits (pandas only) and answers only if their
+fingerprints and the duplicate guard's counts equal the record's. It then writes what a cached rerun writes:
 results.json (stages marked cached), splits.json and weak_labels.parquet. Whenever anything is
 missing or different it returns None, logging why at debug level, and the pipeline runs as usual.
 """
@@ -32,6 +35,7 @@ from omegaconf import OmegaConf
 from w2s_lightning import console, distributed
 from w2s_lightning.cache import RECORD, StageCache, check, sha256, stage_key
 from w2s_lightning.config import CONF_DIR, flat_config
+from w2s_lightning.data.inputs import files_read
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +88,8 @@ def replay(cfg) -> Replayed | None:
     return Replayed(results["student"]["val_weak_acc"])
 
 
-def decide(cfg) -> tuple[dict, object, Path]:
-    """The results to write, the splits and the record's folder; StepAside otherwise. The
+def decide(cfg) -> tuple[dict, str, Path]:
+    """The results to write, splits.json's text and the record's folder; StepAside otherwise. The
     cheap checks come first, so a rerun that must train pays for none of the data loading."""
     gate(cfg)
     record = Path(cfg.paths.cache_dir) / STAGE / record_key(cfg)
@@ -96,7 +100,7 @@ def decide(cfg) -> tuple[dict, object, Path]:
     for entry in sources["entries"]:
         same_entry(Path(cfg.paths.cache_dir), entry)
     results = json.loads((record / RESULTS).read_text())
-    splits = same_data(cfg, results["data"])
+    splits = recorded_splits(cfg, record, sources) or same_data(cfg, results["data"]).to_json()
     return rebuilt(cfg, results), splits, record
 
 
@@ -194,6 +198,25 @@ def same_entry(root: Path, entry: dict) -> None:
         raise StepAside(f"{path} was replaced after the run record was written")
 
 
+def data_digests(cfg) -> list[str] | None:
+    """sha256 of each file the dataset's loader reads, in its order (not their paths: a copy
+    elsewhere holds the same data); None for a loader whose files the config does not name."""
+    files = files_read(plain(cfg[DATA_KEY].loader))
+    return None if files is None else [sha256(path) for path in files]
+
+
+def recorded_splits(cfg, record: Path, sources: dict) -> str | None:
+    """The record's splits.json, when the files its run read hash as they did then; None when
+    the record kept no hashes or a file changed (the splits are then rebuilt and compared)."""
+    recorded = sources.get("data_files")
+    if recorded is None:
+        return None
+    if data_digests(cfg) != recorded:
+        log.debug("replay: the dataset's files changed since the run record was written")
+        return None
+    return (record / SPLITS).read_text()
+
+
 def same_data(cfg, recorded: dict):
     """The splits, rebuilt as the pipeline builds them (pandas only, no torch): replay answers only
     for the data the results came from."""
@@ -225,10 +248,10 @@ def rebuilt(cfg, results: dict) -> dict:
     return results
 
 
-def write_outputs(cfg, results: dict, splits, record: Path) -> None:
+def write_outputs(cfg, results: dict, splits: str, record: Path) -> None:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits.save(out_dir / SPLITS)
+    (out_dir / SPLITS).write_text(splits)
     shutil.copyfile(record / LABELS, out_dir / LABELS)
     tmp = out_dir / f"{RESULTS}.tmp"
     tmp.write_text(json.dumps(results, indent=2, allow_nan=False))
@@ -239,8 +262,8 @@ def write_outputs(cfg, results: dict, splits, record: Path) -> None:
 
 def remember(cfg, out_dir: Path, stages: list) -> None:
     """After a successful run: the run record a rerun of the same config answers from. `stages`
-    are the StageResults the results were read from; results.json and weak_labels.parquet are
-    taken as the run just wrote them."""
+    are the StageResults the results were read from; results.json, splits.json and
+    weak_labels.parquet are taken as the run just wrote them."""
     if not cfg.cache.enabled or not distributed.is_leader():
         return  # stages in the run folder, not in a cache a rerun finds; or a rank that writes nothing
     root = Path(cfg.paths.cache_dir)
@@ -254,7 +277,8 @@ def remember(cfg, out_dir: Path, stages: list) -> None:
             "entries": [
                 {"stage": s.record["stage"], "key": s.record["key"], "record_sha256": sha256(s.path / RECORD)}
                 for s in entries
-            ]
+            ],
+            "data_files": data_digests(cfg),
         }
     except (OSError, ValueError) as err:  # an entry outside the cache, or gone already
         log.warning("no run record for this run (%s): a rerun runs the pipeline", err)
@@ -264,6 +288,7 @@ def remember(cfg, out_dir: Path, stages: list) -> None:
         (workdir / SOURCES).write_text(json.dumps(sources, indent=2))
         (workdir / RESULTS).write_text(json.dumps(results, indent=2, allow_nan=False))
         shutil.copyfile(out_dir / LABELS, workdir / LABELS)
+        shutil.copyfile(out_dir / SPLITS, workdir / SPLITS)
         return {"model": f"{results['weak_model']} -> {results['strong_model']}"}
 
     try:

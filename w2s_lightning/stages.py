@@ -29,7 +29,16 @@ from w2s_lightning.progress import stage_callbacks
 from w2s_lightning.threads import AUTO, LARGE, use_threads, work_of
 
 # The catalogue fields that determine a frozen backbone's pooled features.
-FEATURE_FIELDS = ("pretrained", "tokenizer", "from_scratch", "config_overrides", "pooling", "max_length", "dropout")
+FEATURE_FIELDS = (
+    "pretrained",
+    "tokenizer",
+    "from_scratch",
+    "config_overrides",
+    "fused_activations",
+    "pooling",
+    "max_length",
+    "dropout",
+)
 
 
 def make_trainer(cfg, **kwargs) -> L.Trainer:

