@@ -22,6 +22,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from bench.launchers import run_in_session, stop
+from bench.sweep import STAGES
 
 from .helpers import ROOT, TINY
 
@@ -51,7 +52,6 @@ GRID = [
     "seed=0",
     "loss=xent",
 ]
-STAGES = ("weak", "ceiling", "student")
 SWEEP_TIMEOUT = 400  # seconds; a sweep takes one to two minutes on 2 busy cores
 
 

@@ -150,6 +150,16 @@ def test_gpt2_runs_the_fused_gelu_unless_the_entry_keeps_its_own():
     torch.testing.assert_close(fused(ids, torch.ones_like(ids)), written(ids, torch.ones_like(ids)), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_the_entry_chooses_the_attention_kernel_of_every_model_built_from_it(attention):
+    from transformers import AutoModelForCausalLM
+
+    entry = spec("tiny_gpt2", attn_implementation=attention)
+    assert Classifier(entry).backbone.config._attn_implementation == attention
+    assert AutoModelForCausalLM.from_config(load_config(entry)).config._attn_implementation == attention
+    assert Classifier(spec("tiny_gpt2")).backbone.config._attn_implementation == "sdpa"  # null: the library's
+
+
 def test_head_and_logits_stay_float32_under_bf16_autocast():
     model = Classifier(spec("tiny_bert"))
     ids = torch.tensor([[101, 2000, 2001, 102]])

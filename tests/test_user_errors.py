@@ -52,6 +52,7 @@ KNOB_CASES = {
     "strong_model.lr=inf": "a finite number > 0",
     "strong_model.lr=nan": "a finite number > 0",
     "weak_model.max_length=0": "an integer >= 1",
+    "strong_model.attn_implementation=flash": "null or one of eager, sdpa",
     "dataset.holdout_fraction=0": "0 < x < 1",
     "dataset.holdout_fraction=1": "0 < x < 1",
     "ceiling_split=c": "a or b",

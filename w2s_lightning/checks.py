@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from w2s_lightning.config import MODEL_SLOTS
+from w2s_lightning.config import ATTENTION, MODEL_SLOTS
 from w2s_lightning.errors import ConfigError
 
 ABSENT = object()
@@ -37,6 +37,7 @@ SLOT_RULES = {
     "micro_batch_size": COUNT_OR_NULL,
     "lr": POSITIVE,
     "max_length": COUNT,
+    "attn_implementation": (f"null or one of {', '.join(ATTENTION)}", lambda v: v is None or v in ATTENTION),
 }
 
 # knob -> (what it must be, test, required). Optional knobs are checked only where the chosen

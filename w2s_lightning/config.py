@@ -20,6 +20,8 @@ from w2s_lightning.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MODEL_SLOTS = ("weak_model", "strong_model")
+# transformers' attention kernels (`attn_implementation`); which ones a model supports, it says when built.
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 # Config groups that say where output goes or how it is watched, not what a run computes.
 NOT_RESULTS = {"paths", "logger", "hydra"}
 
@@ -59,6 +61,8 @@ class ModelSpec:
     lora: LoraSpec = field(default_factory=LoraSpec)  # low-rank adapters through peft
     gradient_checkpointing: bool = False  # recompute activations in backward: memory for compute
     fused_activations: bool = True  # gelu_new and kin as torch's one kernel of the same function (models/backbone.py)
+    # null: the library's choice (sdpa); eager trains 1.4-2x faster on CPUs in bf16 (bench/README.md, "Attention")
+    attn_implementation: str | None = None
     trust_remote_code: bool = False  # run code from the model repo; off unless a model file turns it on
     notes: str = ""  # memory and hardware notes for people choosing a model
 

@@ -30,7 +30,7 @@ from w2s_lightning.experiment import Experiment, Labels, plain
 from w2s_lightning.losses import CrossEntropy
 from w2s_lightning.measure import measure
 from w2s_lightning.methods import Start, method_label, uses_ground_truth
-from w2s_lightning.replay import remember
+from w2s_lightning.replay import data_digests, remember
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def run(cfg: DictConfig) -> float | None:
             return None
         # A job killed from here on leaves "running": the sweep report lists it as unfinished.
         write_results(out_dir, {**results, "status": "running"})
+        data_files = data_digests(cfg)  # before the loader reads them: a file edited mid-run must not be vouched for
         scores, sources = experiment(cfg, out_dir, student_loss, methods)
         results.update(scores)
     except Exception as error:
@@ -85,7 +86,7 @@ def run(cfg: DictConfig) -> float | None:
         write_results(out_dir, {**results, "status": "failed", "failed_stage": stage, "error": message})
         raise
     write_results(out_dir, results)
-    remember(cfg, out_dir, sources)  # a rerun of this config answers from it without torch
+    remember(cfg, out_dir, sources, data_files)  # a rerun of this config answers from it without torch
     log.info("%s", console.scores(results))
     return results["student"]["val_weak_acc"]
 

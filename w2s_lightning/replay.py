@@ -36,6 +36,7 @@ from w2s_lightning import console, distributed
 from w2s_lightning.cache import RECORD, StageCache, check, sha256, stage_key
 from w2s_lightning.config import CONF_DIR, flat_config
 from w2s_lightning.data.inputs import files_read
+from w2s_lightning.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +201,13 @@ def same_entry(root: Path, entry: dict) -> None:
 
 def data_digests(cfg) -> list[str] | None:
     """sha256 of each file the dataset's loader reads, in its order (not their paths: a copy
-    elsewhere holds the same data); None for a loader whose files the config does not name."""
-    files = files_read(plain(cfg[DATA_KEY].loader))
-    return None if files is None else [sha256(path) for path in files]
+    elsewhere holds the same data); None for a loader whose files the config does not name, or
+    when one is missing (the loader then says so in its own words)."""
+    try:
+        files = files_read(plain(cfg[DATA_KEY].loader))
+        return None if files is None else [sha256(path) for path in files]
+    except (OSError, DatasetError):
+        return None
 
 
 def recorded_splits(cfg, record: Path, sources: dict) -> str | None:
@@ -260,9 +265,10 @@ def write_outputs(cfg, results: dict, splits: str, record: Path) -> None:
     log.info("%s", console.scores(results))
 
 
-def remember(cfg, out_dir: Path, stages: list) -> None:
+def remember(cfg, out_dir: Path, stages: list, data_files: list[str] | None = None) -> None:
     """After a successful run: the run record a rerun of the same config answers from. `stages`
-    are the StageResults the results were read from; results.json, splits.json and
+    are the StageResults the results were read from; `data_files` the `data_digests` taken
+    before the data was read (None: a rerun rebuilds the splits); results.json, splits.json and
     weak_labels.parquet are taken as the run just wrote them."""
     if not cfg.cache.enabled or not distributed.is_leader():
         return  # stages in the run folder, not in a cache a rerun finds; or a rank that writes nothing
@@ -278,7 +284,7 @@ def remember(cfg, out_dir: Path, stages: list) -> None:
                 {"stage": s.record["stage"], "key": s.record["key"], "record_sha256": sha256(s.path / RECORD)}
                 for s in entries
             ],
-            "data_files": data_digests(cfg),
+            "data_files": data_files,
         }
     except (OSError, ValueError) as err:  # an entry outside the cache, or gone already
         log.warning("no run record for this run (%s): a rerun runs the pipeline", err)

@@ -35,6 +35,7 @@ FEATURE_FIELDS = (
     "from_scratch",
     "config_overrides",
     "fused_activations",
+    "attn_implementation",
     "pooling",
     "max_length",
     "dropout",

@@ -88,6 +88,8 @@ def load_config(spec) -> PretrainedConfig:
             )
         except OSError as err:
             raise _hub_error("model config", spec.pretrained, "pretrained", err) from err
+    if attention := getattr(spec, "attn_implementation", None):  # checks.py vetted the name
+        config._attn_implementation = attention  # every model built from this config, any head, uses it
     if getattr(spec, "fused_activations", True):  # a catalogue entry always has it; a hand-built spec may not
         for key in ACTIVATION_KEYS:
             if getattr(config, key, None) in FUSED_ACTIVATIONS:
