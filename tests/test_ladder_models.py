@@ -398,6 +398,25 @@ def test_a_gguf_file_is_dequantised_faithfully_and_pools_without_seeing_padding(
     padding_invariance(model, ids, tokenizer.pad_token_id, atol=1e-5)
 
 
+def test_a_run_converts_into_its_own_cache_dir(tmp_path, monkeypatch):
+    """`paths.cache_dir` holds a run's converted models too, not the default root: a cache shared
+    across hosts shares them, and W2S_ROOT elsewhere gets none."""
+    from w2s_lightning.pipeline import run
+
+    from .helpers import compose_cfg
+
+    monkeypatch.setenv("W2S_ROOT", str(tmp_path / "root"))
+    monkeypatch.setattr(convert, "_checked", {})
+    source = tmp_path / "tiny-llama.Q4_1.gguf"
+    write_tiny_llama_gguf(source)
+    cfg = compose_cfg(tmp_path, "strong_model=smollm2_135m_probe", f"strong_model.pretrained={source}")
+    run(cfg)
+    [entry] = (Path(cfg.paths.cache_dir) / "convert").glob("*/record.json")
+    assert check(entry.parent)[1] is None
+    assert not (tmp_path / "root").exists()
+    assert convert._root is None  # outside the run, the default root again
+
+
 # --- the conversion cache ---------------------------------------------------------------------
 
 TOY_LOG = "W2S_TEST_TOY_LOG"

@@ -30,6 +30,7 @@ from w2s_lightning.experiment import Experiment, Labels, plain
 from w2s_lightning.losses import CrossEntropy
 from w2s_lightning.measure import measure
 from w2s_lightning.methods import Start, method_label, uses_ground_truth
+from w2s_lightning.models import convert
 from w2s_lightning.replay import data_digests, remember
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ def run(cfg: DictConfig) -> float | None:
         # A job killed from here on leaves "running": the sweep report lists it as unfinished.
         write_results(out_dir, {**results, "status": "running"})
         data_files = data_digests(cfg)  # before the loader reads them: a file edited mid-run must not be vouched for
-        scores, sources = experiment(cfg, out_dir, student_loss, methods)
+        with convert.into(Path(cfg.paths.cache_dir)):  # a GGUF or ONNX source converts into this run's cache
+            scores, sources = experiment(cfg, out_dir, student_loss, methods)
         results.update(scores)
     except Exception as error:
         # Bugs too: a sweep's report must list the job as failed, not as running.

@@ -9,11 +9,12 @@ a suffix in `CONVERTERS` goes through the converter registered for it:
 - `.onnx`: `onnx_bert`, a BERT encoder exported to ONNX (a sentence-transformers export, say):
   its weights are read from the graph and named for `BertModel`.
 
-The folder is a stage cache entry, `<stage cache root>/convert/<key>/` (`$W2S_ROOT/.cache/stages`
-unless W2S_ROOT is unset, then `./.cache/stages`), keyed by the source file's content and the
-converter, written into a temporary folder and renamed into place, with the sizes and sha256 of
-its files in record.json, under the entry's lock: parallel sweep jobs convert once, and an entry
-that no longer matches its record is set aside and converted again. `python -m w2s_lightning.cache
+The folder is a stage cache entry, `<stage cache root>/convert/<key>/` (inside a run, the run's
+`paths.cache_dir`; elsewhere `$W2S_ROOT/.cache/stages`, or `./.cache/stages` without W2S_ROOT),
+keyed by the source file's content and the converter, written into a temporary folder and
+renamed into place, with the sizes and sha256 of its files in record.json, under the entry's
+lock: parallel sweep jobs convert once, and an entry that no longer matches its record is set
+aside and converted again. `python -m w2s_lightning.cache
 list` shows the entries. Converting SmolLM2-135M from its Q4_1 GGUF takes about a minute; loading
 the saved copy, under a second."""
 
@@ -27,6 +28,8 @@ import shutil
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +55,20 @@ CONVERTERS = {
 # sha256 check reads every byte (half a gigabyte for SmolLM2), and a stage loads config,
 # tokenizer and weights through three separate calls.
 _checked: dict[tuple[str, str, int, int], Path] = {}
+# The stage cache a running experiment converts into (`into`); None outside a run.
+_root: Path | None = None
+
+
+@contextmanager
+def into(root: Path) -> Iterator[None]:
+    """Within the block, sources convert into the stage cache at `root` (a run's
+    `paths.cache_dir`, so a cache shared across hosts shares the converted models too)."""
+    global _root
+    before, _root = _root, Path(root)
+    try:
+        yield
+    finally:
+        _root = before
 
 
 def converter_for(path: Path) -> str | None:
@@ -77,7 +94,7 @@ def materialise(source: Path, root: Path | None = None) -> Path:
     if converter is None:
         raise ModelLoadError(f"{source} is not a file of a convertible format {sorted(CONVERTERS)}")
     stat = source.stat()
-    cache = StageCache(root or default_root())
+    cache = StageCache(root or _root or default_root())
     memo = (str(cache.path(STAGE, "")), str(source), stat.st_size, stat.st_mtime_ns)
     if (done := _checked.get(memo)) is not None and done.is_dir():
         return done
