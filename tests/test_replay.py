@@ -129,8 +129,9 @@ def test_an_edit_that_leaves_the_splits_alone_is_checked_by_rebuilding_them(home
     with (home / "data.jsonl").open("a") as f:
         f.write("\n")  # a blank last line: other bytes, the same rows
     record = next(p for p in (home / "cache" / "run").iterdir() if p.is_dir())
-    assert replay.data_digests(config(home, "x")) != json.loads((record / replay.SOURCES).read_text())["data_files"]
-    assert replay.recorded_splits(config(home, "x"), record, json.loads((record / replay.SOURCES).read_text())) is None
+    cfg, sources = config(home, "x"), json.loads((record / replay.SOURCES).read_text())
+    assert replay.data_digests(cfg) != sources["data_files"]
+    assert replay.recorded_splits(cfg, record, sources) is None
     score = run(config(home, "pipeline"))
     assert replay.replay(config(home, "replay")).score == score
     assert outputs(home / "replay") == outputs(home / "pipeline")

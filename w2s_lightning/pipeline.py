@@ -31,7 +31,7 @@ from w2s_lightning.losses import CrossEntropy
 from w2s_lightning.measure import measure
 from w2s_lightning.methods import Start, method_label, uses_ground_truth
 from w2s_lightning.models import convert
-from w2s_lightning.replay import data_digests, remember
+from w2s_lightning.replay import data_digests, keeps_record, remember
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,9 @@ def run(cfg: DictConfig) -> float | None:
             return None
         # A job killed from here on leaves "running": the sweep report lists it as unfinished.
         write_results(out_dir, {**results, "status": "running"})
-        data_files = data_digests(cfg)  # before the loader reads them: a file edited mid-run must not be vouched for
+        # Hashed before the loader reads them, so a file edited mid-run is not vouched for; only
+        # where a run record will keep them (a large local file costs a full read).
+        data_files = data_digests(cfg) if keeps_record(cfg) else None
         with convert.into(Path(cfg.paths.cache_dir)):  # a GGUF or ONNX source converts into this run's cache
             scores, sources = experiment(cfg, out_dir, student_loss, methods)
         results.update(scores)

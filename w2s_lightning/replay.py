@@ -265,13 +265,19 @@ def write_outputs(cfg, results: dict, splits: str, record: Path) -> None:
     log.info("%s", console.scores(results))
 
 
+def keeps_record(cfg) -> bool:
+    """Whether a successful run leaves a run record: not with the cache off (its stages live in
+    the run folder, where no rerun finds them), nor on a rank that writes nothing."""
+    return bool(cfg.cache.enabled) and distributed.is_leader()
+
+
 def remember(cfg, out_dir: Path, stages: list, data_files: list[str] | None = None) -> None:
     """After a successful run: the run record a rerun of the same config answers from. `stages`
     are the StageResults the results were read from; `data_files` the `data_digests` taken
     before the data was read (None: a rerun rebuilds the splits); results.json, splits.json and
     weak_labels.parquet are taken as the run just wrote them."""
-    if not cfg.cache.enabled or not distributed.is_leader():
-        return  # stages in the run folder, not in a cache a rerun finds; or a rank that writes nothing
+    if not keeps_record(cfg):
+        return
     root = Path(cfg.paths.cache_dir)
     try:
         results = json.loads((out_dir / RESULTS).read_text())
