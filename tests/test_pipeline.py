@@ -193,6 +193,20 @@ def test_linear_probes_compute_each_models_features_once(make_cfg):
     assert {p: p.stat().st_mtime_ns for p in after} == stamps
 
 
+@pytest.mark.parametrize("kernel", ["strong_model.attn_implementation=eager", "strong_model.fused_activations=false"])
+def test_features_of_another_kernel_are_computed_not_read_from_the_cache(make_cfg, kernel):
+    """The strong model's kernels change its features' rounding: features cached under one
+    choice must never be read under the other."""
+    probe = "strong_model.linear_probe=true"
+    first = make_cfg(probe, run="first")
+    run(first)
+    folder = Path(first.paths.cache_dir) / "features"
+    before = {p.parent.name for p in folder.glob("*/features.pt")}
+    run(make_cfg(probe, kernel, run="second"))
+    added = {p.parent.name for p in folder.glob("*/features.pt")} - before
+    assert len(added) == 3  # the strong model's B, validation and test, computed again
+
+
 def test_results_json_is_strict_json_with_null_for_undefined_numbers(tmp_path):
     from w2s_lightning.pipeline import write_results
 
