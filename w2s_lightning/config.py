@@ -61,7 +61,7 @@ class ModelSpec:
     lora: LoraSpec = field(default_factory=LoraSpec)  # low-rank adapters through peft
     gradient_checkpointing: bool = False  # recompute activations in backward: memory for compute
     fused_activations: bool = True  # gelu_new and kin as torch's one kernel of the same function (models/backbone.py)
-    # null: the library's choice (sdpa); eager trains 1.4-2x faster on CPUs in bf16 (bench/README.md, "Attention")
+    # null: the library's choice (sdpa); eager finetuned MiniLM 1.9x faster on a bf16 CPU (bench/README.md, "Attention")
     attn_implementation: str | None = None
     trust_remote_code: bool = False  # run code from the model repo; off unless a model file turns it on
     notes: str = ""  # memory and hardware notes for people choosing a model
