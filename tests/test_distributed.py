@@ -179,12 +179,14 @@ def test_fsdp_wraps_the_classifier_as_a_unit_of_its_own():
     from lightning.pytorch.strategies import FSDPStrategy
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-    from w2s_lightning.models.classifier import Classifier
+    from w2s_lightning.models.classifier import Classifier, Encoder
     from w2s_lightning.stages import wrap_classifier
 
     strategy = FSDPStrategy(auto_wrap_policy={GPT2Block})
     wrap_classifier(strategy)
-    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {GPT2Block, Classifier}
+    # The policy wraps by isinstance: a Classifier, and the frozen Encoder of feature extraction.
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {GPT2Block, Encoder}
+    assert issubclass(Classifier, Encoder)
 
 
 def test_sharding_strategies_and_their_subclasses_build_the_model_in_configure_model():

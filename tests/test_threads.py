@@ -139,7 +139,7 @@ def test_use_threads_restores_after_an_error_and_a_change_inside(cores):
         torch.set_num_threads(2)  # as Lightning's DDP launcher does
         raise RuntimeError("boom")
     assert torch.get_num_threads() == 4
-    assert threads._budget is None
+    assert threads._local.budget is None
 
 
 def counts_seen(monkeypatch) -> dict[str, set[int]]:

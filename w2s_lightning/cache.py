@@ -24,6 +24,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,7 @@ class StageCache:
         self.root, self.enabled, self.force_retrain = Path(root), enabled, force_retrain
         self.lock_mode, self.stale_after, self.lock_timeout = lock, stale_after, lock_timeout
         self.agree = (lambda decision: decision) if alone else distributed.agree
+        self.pending: dict[tuple[str, str], Future] = {}  # entries handed to another thread (`start`)
 
     def portable(self, value):
         """A path inside the cache (a finetuned backbone) as `cache://<relative path>`, so keys that
@@ -166,10 +168,23 @@ class StageCache:
         )
         return None
 
+    def start(self, stage: str, key: str, compute: Callable[[Path], dict], executor: Executor) -> None:
+        """Begin `run(stage, key, compute)` on `executor`'s thread; a later `run` of the same entry in
+        this process takes its result from there, waiting for it if need be, instead of computing
+        it again. For work that needs nothing the caller is doing meanwhile (prefetch.py)."""
+        if (stage, key) not in self.pending:
+            self.pending[stage, key] = executor.submit(self._run, stage, key, compute)
+
     def run(self, stage: str, key: str, compute: Callable[[Path], dict]) -> StageResult:
         """Return the finished stage, computing it (into a folder it is handed) only if no
         intact finished copy exists. `compute` returns the JSON-able record of the stage.
-        Under data parallelism rank 0 decides and writes; the other ranks follow (`_follow`)."""
+        Under data parallelism rank 0 decides and writes; the other ranks follow (`_follow`).
+        An entry begun by `start` is the result of that computation (or its error)."""
+        if (pending := self.pending.pop((stage, key), None)) is not None:
+            return pending.result()
+        return self._run(stage, key, compute)
+
+    def _run(self, stage: str, key: str, compute: Callable[[Path], dict]) -> StageResult:
         if not distributed.is_leader():
             return self._follow(stage, key, compute)
         if hit := self.lookup(stage, key):

@@ -46,6 +46,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool], bool]] = {
     "seed": ("an integer >= 0", lambda v: is_int(v) and v >= 0, True),
     "ceiling_split": ("a or b", lambda v: v in ("a", "b"), True),
     "threads": ("auto or an integer >= 1", lambda v: v == "auto" or COUNT[1](v), False),
+    "prefetch_features": ("auto, true or false", lambda v: v == "auto" or isinstance(v, bool), False),
     **{f"dataset.{n}": (*COUNT, True) for n in ("n_weak", "n_strong", "n_val", "n_test")},
     "dataset.holdout_fraction": ("a number with 0 < x < 1", lambda v: is_number(v) and 0 < v < 1, False),
     "dataset.max_overlap": (*SHARE, False),

@@ -31,6 +31,7 @@ from w2s_lightning.losses import CrossEntropy
 from w2s_lightning.measure import measure
 from w2s_lightning.methods import Start, method_label, uses_ground_truth
 from w2s_lightning.models import convert
+from w2s_lightning.prefetch import prefetch_features
 from w2s_lightning.replay import data_digests, keeps_record, remember
 
 log = logging.getLogger(__name__)
@@ -112,10 +113,11 @@ def experiment(cfg: DictConfig, out_dir: Path, student_loss, methods: dict) -> t
     exp.tags += [f"method:{method_label(methods)}"] + (["oracle"] if uses_ground_truth(methods) else [])
 
     start = methods["pretrain"](exp)  # the strong model's starting point
-    weak = methods["labels"](exp)  # soft labels for B and validation, and the weak side of PGR
-    labels = methods["refine"](exp, weak, start)  # relabelled or filtered by the strong model's view
-    ceiling = train_ceiling(exp, start)
-    student = train_student(exp, start, labels, student_loss, methods["select"])
+    with prefetch_features(exp, start):  # a probe's features, computed on cores the weak stage leaves idle
+        weak = methods["labels"](exp)  # soft labels for B and validation, and the weak side of PGR
+        labels = methods["refine"](exp, weak, start)  # relabelled or filtered by the strong model's view
+        ceiling = train_ceiling(exp, start)
+        student = train_student(exp, start, labels, student_loss, methods["select"])
     scores = measure(exp, methods, start, weak, labels, ceiling, student)
     return scores, [*start.stages, *weak.stages, *labels.stages, ceiling, student]
 

@@ -61,7 +61,9 @@ class EpochLines(ProgressBar):
 
     def emit(self, line: str) -> None:
         if self.enabled:
-            print(line, flush=True)
+            # Through tqdm: a bar that another stage draws meanwhile is lifted and redrawn below it.
+            Tqdm.write(line, file=sys.stdout)
+            sys.stdout.flush()
 
 
 class StageBar(TQDMProgressBar):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import resource
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -23,7 +24,7 @@ from w2s_lightning.data.splits import fingerprint
 from w2s_lightning.errors import TrainingDiverged
 from w2s_lightning.losses import Loss
 from w2s_lightning.models.backbone import load_tokenizer, random_weights
-from w2s_lightning.models.classifier import Classifier
+from w2s_lightning.models.classifier import Encoder
 from w2s_lightning.models.system import ClassifierSystem, configure_deepspeed_clip
 from w2s_lightning.progress import stage_callbacks
 from w2s_lightning.threads import AUTO, LARGE, use_threads, work_of
@@ -63,7 +64,7 @@ def wrap_classifier(strategy) -> None:
     policy = strategy.kwargs.get("auto_wrap_policy")
     if policy is None or isinstance(policy, ModuleWrapPolicy):
         classes = set(policy._module_classes) if policy is not None else set()
-        strategy.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(classes | {Classifier})
+        strategy.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(classes | {Encoder})  # a Classifier is one
 
 
 def sharded(trainer: L.Trainer) -> bool:
@@ -72,14 +73,17 @@ def sharded(trainer: L.Trainer) -> bool:
     return isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy))
 
 
-def run_predict(trainer: L.Trainer, system: ClassifierSystem, examples, batch_size: int, pad_id: int) -> np.ndarray:
+def run_predict(
+    trainer: L.Trainer, system: L.LightningModule, examples, batch_size: int, pad_id: int, generator=None
+) -> np.ndarray:
     """Predictions in dataset order (inference runs in length order). Under data parallelism each
     rank predicts its share and every rank receives all of them; each example must arrive exactly
-    once, or the stage fails rather than keep a hole or a double."""
+    once, or the stage fails rather than keep a hole or a double. `generator`: where the loader
+    draws its worker seed (inference_loader)."""
     with warnings.catch_warnings():
         # Lightning cannot see that the batch sampler yields every index; it does, by construction.
         warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
-        batches = trainer.predict(system, inference_loader(examples, batch_size, pad_id))
+        batches = trainer.predict(system, inference_loader(examples, batch_size, pad_id, generator=generator))
     if trainer.received_sigterm:  # Lightning notes a SIGTERM during prediction and goes on
         raise SIGTERMException
     index = torch.cat([i for i, _ in batches])
@@ -130,12 +134,18 @@ class Inputs:
         return FeatureExamples(self.features(frame, encoded), targets)
 
     def features(self, frame: pd.DataFrame, encoded) -> torch.Tensor:
+        cache = self.cache or StageCache(Path(self.trainer.default_root_dir) / "features", enabled=False)
+        result = cache.run("features", self.feature_key(frame), self.feature_job(encoded))
+        self.feature_entries.append(result)  # a method's cost and keys name the features it read
+        return torch.load(result.path / "features.pt")
+
+    def feature_key(self, frame: pd.DataFrame) -> str:
         model = {k: self.spec[k] for k in FEATURE_FIELDS}
         if self.cache is not None:  # a backbone finetuned into the cache is named relative to it
             model["pretrained"] = self.cache.portable(model["pretrained"])
         # What the backbone reads: the texts and how they may be cut, not their ids or labels.
         digest = fingerprint(frame.drop(columns=["id", "label", "group"], errors="ignore"))
-        key = stage_key(
+        return stage_key(
             "features",
             {
                 "model": model,
@@ -145,11 +155,18 @@ class Inputs:
             },
         )
 
+    def feature_job(self, encoded) -> Callable[[Path], dict]:
+        """The cache's `compute` for the features of `encoded`. The loader draws from a generator of
+        its own: computed, read from the cache or prefetched, features leave the global ones as
+        they were, and so every later random draw of the stage."""
+
         def compute(workdir: Path) -> dict:
             self.system.predict_features = True
             try:
                 with use_threads(self.cfg.get("threads", AUTO), LARGE):  # a backbone over many texts splits well
-                    feats = run_predict(self.trainer, self.system, encoded, self.spec.eval_batch_size, self.pad_id)
+                    feats = run_predict(
+                        self.trainer, self.system, encoded, self.spec.eval_batch_size, self.pad_id, torch.Generator()
+                    )
             finally:
                 self.system.predict_features = False
             if not np.isfinite(feats).all():
@@ -159,12 +176,9 @@ class Inputs:
                     "(trainer.precision=32-true)"
                 )
             torch.save(torch.from_numpy(feats), workdir / "features.pt")
-            return {"model": self.spec.name, "n": len(frame)}
+            return {"model": self.spec.name, "n": len(encoded)}
 
-        cache = self.cache or StageCache(Path(self.trainer.default_root_dir) / "features", enabled=False)
-        result = cache.run("features", key, compute)
-        self.feature_entries.append(result)  # a method's cost and keys name the features it read
-        return torch.load(result.path / "features.pt")
+        return compute
 
 
 def fit_predict(

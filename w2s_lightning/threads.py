@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +32,9 @@ SMALL_PARAMS = 1.0e7
 CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
 
-_budget: int | None = None  # set by the outermost `use_threads`, read by nested ones
+# Set by the outermost `use_threads`, read by nested ones; one per Python thread, as torch's
+# thread count is (a background thread computes features beside a stage: prefetch.py).
+_local = threading.local()
 
 
 def sleep_when_idle(env=os.environ) -> None:
@@ -85,6 +88,13 @@ def budget(affinity: int, quota: int | None, omp: int | None, current: int | Non
     return max(1, min(x for x in (affinity, quota, omp, current) if x is not None))
 
 
+def process_cores() -> int:
+    """The cores this thread's work may use now: the tightest of the limits above."""
+    import torch
+
+    return budget(affinity_cpus(), cgroup_cpus(), env_threads(), torch.get_num_threads())
+
+
 def choose(setting, work: str, cores: int) -> int:
     """Threads for `work` (SMALL or LARGE) under `setting` (`auto` or an integer >= 1), given the
     process's `cores`."""
@@ -102,13 +112,12 @@ def use_threads(setting, work: str) -> Iterator[int]:
     """Run the block on `choose(setting, work, ...)` torch threads, then restore the count found."""
     import torch
 
-    global _budget
     previous = torch.get_num_threads()
-    outermost = _budget is None
+    outermost = getattr(_local, "budget", None) is None
     if outermost:
-        _budget = budget(affinity_cpus(), cgroup_cpus(), env_threads(), previous)
+        _local.budget = process_cores()
     try:
-        count = choose(setting, work, _budget)
+        count = choose(setting, work, _local.budget)
         if count != previous:
             torch.set_num_threads(count)
         yield count
@@ -117,4 +126,4 @@ def use_threads(setting, work: str) -> Iterator[int]:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
         if outermost:
-            _budget = None
+            _local.budget = None

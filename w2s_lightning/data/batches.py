@@ -212,14 +212,21 @@ class SharedBatches(Sampler[list[int]]):
         return (share(list(batch)) for batch in self.batches)
 
 
-def inference_loader(examples: EncodedExamples, batch_size: int, pad_id: int, num_workers: int = 0) -> DataLoader:
+def inference_loader(
+    examples: EncodedExamples, batch_size: int, pad_id: int, num_workers: int = 0, generator=None
+) -> DataLoader:
     """Longest first, so the largest batch (peak memory) comes first and padding is minimal;
     each batch carries `index` so predictions go back to dataset order (and, under data
-    parallelism, are gathered from every rank's share)."""
+    parallelism, are gathered from every rank's share). A loader draws a seed for its workers each
+    time it is iterated, from `generator`, else from torch's global one."""
     order = np.argsort(-examples.lengths, kind="stable").tolist()
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return DataLoader(
-        examples, batch_sampler=SharedBatches(batches), collate_fn=Collate(pad_id), num_workers=num_workers
+        examples,
+        batch_sampler=SharedBatches(batches),
+        collate_fn=Collate(pad_id),
+        num_workers=num_workers,
+        generator=generator,
     )
 
 

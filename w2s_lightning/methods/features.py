@@ -22,51 +22,54 @@ from w2s_lightning.data.batches import encode
 from w2s_lightning.data.splits import aligned
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.experiment import Experiment, Labels
-from w2s_lightning.losses import CrossEntropy
 from w2s_lightning.methods import Method
 from w2s_lightning.methods.confidence import drop_lowest
-from w2s_lightning.models.backbone import load_config, load_tokenizer
+from w2s_lightning.models.backbone import load_config, load_tokenizer, random_weights
 from w2s_lightning.models.classifier import resolve_pooling
-from w2s_lightning.models.system import ClassifierSystem
-from w2s_lightning.progress import stage_callbacks
+from w2s_lightning.models.system import FeatureSystem
+from w2s_lightning.progress import EpochLines
 from w2s_lightning.stages import Inputs, make_trainer
 
 STAGE = "refine"
 
 
 class FrozenInputs(Inputs):
-    """`Inputs` for feature extraction alone: the model and a trainer are built on first use,
-    which `Inputs.features` makes only on a cache miss."""
+    """`Inputs` for feature extraction alone: a frozen encoder (no head) and a trainer, built on
+    first use, which `Inputs.features` makes only on a cache miss. `stage` names its passes on the
+    console."""
 
-    def __init__(self, exp: Experiment, spec):  # Inputs' fields but `system` and `trainer`, built lazily below
-        self.cfg, self.spec, self.slot, self.stage = exp.cfg, spec, "strong_model", STAGE
-        self.cache, self.workdir = exp.cache, exp.out_dir / STAGE
+    def __init__(self, exp: Experiment, spec, stage: str = STAGE):  # Inputs' fields; `system`, `trainer` below
+        self.cfg, self.spec, self.slot, self.stage = exp.cfg, spec, "strong_model", stage
+        self.cache, self.workdir = exp.cache, exp.out_dir / stage
         self.tokenizer = load_tokenizer(spec)
         self.pad_id = self.tokenizer.pad_token_id
+        self.keep_end = resolve_pooling(spec, load_config(spec)) == "last"
         self.truncated, self.feature_entries = {}, []
 
     @cached_property
-    def system(self) -> ClassifierSystem:
-        # Seeded as a stage seeds it, so a random-weight entry gets the weights its probe would.
-        L.seed_everything(self.cfg.seed, workers=True)
-        return ClassifierSystem(self.spec, CrossEntropy(), None, stage=self.stage, slot=self.slot)
+    def system(self) -> FeatureSystem:
+        if random_weights(self.spec):  # drawn as a stage draws them, so its probe gets the same weights
+            L.seed_everything(self.cfg.seed, workers=True)
+        return FeatureSystem(self.spec)
 
     @cached_property
     def trainer(self) -> L.Trainer:
-        callbacks = stage_callbacks(self.cfg, self.stage)
+        # Lines, never a live bar: these passes may run beside a stage that draws its own (prefetch.py).
+        callbacks = [EpochLines(self.stage)] if self.cfg.trainer.get("enable_progress_bar", True) else []
         return make_trainer(self.cfg, logger=False, default_root_dir=str(self.workdir), callbacks=callbacks)
+
+    def encode(self, frame: pd.DataFrame, split: str):
+        where = f"stage {self.stage}, split {split} ({self.spec.name})"
+        return encode(frame, self.tokenizer, self.spec.max_length, np.zeros(len(frame)), self.keep_end, where)
 
 
 def strong_features(exp: Experiment, spec, splits: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], list]:
     """Float32 features of each split (rows in `exp.unlabelled(split)` order) and their cache entries."""
     inputs = FrozenInputs(exp, spec)
-    keep_end = resolve_pooling(spec, load_config(spec)) == "last"
     features = {}
     for split in splits:
         frame = exp.unlabelled(split)
-        where = f"stage {STAGE}, split {split} ({spec.name})"
-        encoded = encode(frame, inputs.tokenizer, spec.max_length, np.zeros(len(frame)), keep_end, where)
-        features[split] = inputs.features(frame, encoded).float()
+        features[split] = inputs.features(frame, inputs.encode(frame, split)).float()
     return features, inputs.feature_entries
 
 

@@ -41,15 +41,30 @@ def resolve_pooling(spec, config) -> str:
     return "last" if is_decoder(config) else "cls"
 
 
-class Classifier(nn.Module):
-    def __init__(self, spec):
+class Encoder(nn.Module):
+    """A backbone and its pooling: one feature vector per text. Holds no head, so building one
+    draws nothing from the random generators unless the backbone's weights are random."""
+
+    def __init__(self, spec, config=None):
         super().__init__()
-        config = load_config(spec)
+        config = config or load_config(spec)
         self.pooling = resolve_pooling(spec, config)
         self.backbone = load_backbone(spec, config)
         # from_pretrained returns a model in eval mode and Lightning keeps submodule modes as
         # found; in eval mode Hugging Face silently skips gradient checkpointing.
         self.backbone.train()
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return pool(hidden, attention_mask, self.pooling)
+
+
+class Classifier(Encoder):
+    """An encoder and a linear head on its pooled features: p(label) for one text."""
+
+    def __init__(self, spec):
+        config = load_config(spec)
+        super().__init__(spec, config)
         hidden = config.get_text_config().hidden_size
         self.head = nn.Linear(hidden, 2)
         # Zero init (std 0) starts every model at p = 0.5, so the first steps only see the labels.
@@ -62,10 +77,6 @@ class Classifier(nn.Module):
         if spec.gradient_checkpointing:
             # Non-reentrant checkpointing works with frozen embeddings and keeps dropout as configured.
             self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return pool(hidden, attention_mask, self.pooling)
 
     def forward(self, input_ids=None, attention_mask=None, features=None) -> torch.Tensor:
         """Logits from token ids, or from precomputed pooled `features` (linear probes)."""

@@ -17,7 +17,7 @@ from w2s_lightning.errors import ConfigError, TrainingDiverged
 from w2s_lightning.losses import Loss
 from w2s_lightning.metrics import binary_metrics
 from w2s_lightning.models.backbone import load_config
-from w2s_lightning.models.classifier import Classifier, resolve_pooling
+from w2s_lightning.models.classifier import Classifier, Encoder, resolve_pooling
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "features")
 
@@ -204,6 +204,23 @@ class ClassifierSystem(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class FeatureSystem(L.LightningModule):
+    """A frozen encoder that predicts each text's pooled features, a linear probe's inputs, with
+    the very computation `ClassifierSystem` runs for them, but no head: building it draws nothing
+    from the random generators when the backbone's weights are loaded, so it may be built while
+    another stage trains (`w2s_lightning/prefetch.py`)."""
+
+    predict_features = True  # the console names its passes "features"
+
+    def __init__(self, spec):
+        super().__init__()
+        self.model = Encoder(spec).requires_grad_(False)
+        self.pooling = self.model.pooling
+
+    def predict_step(self, batch: dict, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch["index"], self.model.pooled(batch["input_ids"], batch["attention_mask"]).float()
 
 
 def is_deepspeed(strategy) -> bool:

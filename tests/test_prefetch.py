@@ -1,0 +1,205 @@
+"""The strong probe's features computed on a background thread while the weak model trains
+(`prefetch_features`): the same results as without it, the stages take what it computed, its
+errors reach the stage that needs its work, no draw from the global generators, and when it is on."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from transformers import AutoModel
+
+from w2s_lightning import prefetch, threads
+from w2s_lightning.cache import StageCache
+from w2s_lightning.checks import check_config
+from w2s_lightning.data.splits import make_splits
+from w2s_lightning.errors import ConfigError, TrainingDiverged
+from w2s_lightning.experiment import Experiment
+from w2s_lightning.methods.features import FrozenInputs
+from w2s_lightning.models.backbone import load_config
+from w2s_lightning.models.system import FeatureSystem
+from w2s_lightning.pipeline import run
+
+from .helpers import compose_cfg
+
+STAGES = ("weak", "ceiling", "student")
+
+
+@pytest.fixture(scope="module")
+def saved_gpt2(tmp_path_factory) -> str:
+    """tiny_gpt2's random weights saved to a folder: a probe whose weights are loaded, not drawn."""
+    folder = tmp_path_factory.mktemp("tiny_gpt2")
+    spec = compose_cfg(folder, "strong_model=tiny_gpt2").strong_model
+    torch.manual_seed(0)
+    AutoModel.from_config(load_config(spec)).save_pretrained(folder)
+    return str(folder)
+
+
+def probe(saved: str, *more: str) -> list[str]:
+    return ["weak_model=tiny_bert", f"strong_model.pretrained={saved}", "strong_model.linear_probe=true", *more]
+
+
+def outcome(root: Path) -> dict:
+    results = json.loads((root / "results.json").read_text())
+    scores = {stage: {k: results[stage][k] for k in ("acc", "auroc", "ece", "key")} for stage in STAGES}
+    return {**scores, "pgr": results["pgr"]}
+
+
+def cached(cache: Path) -> dict:
+    """Every prediction and feature file of a stage cache's stages, by path (not the run records)."""
+    files = {}
+    for path in sorted(p for p in cache.glob("*/*/*") if p.parts[-3] != "run"):
+        name = str(path.relative_to(cache))
+        if path.suffix == ".parquet":
+            files[name] = pd.read_parquet(path)
+        elif path.suffix == ".pt":
+            files[name] = torch.load(path)
+    return files
+
+
+def test_a_run_with_prefetch_gives_what_a_run_without_it_gives(tmp_path, saved_gpt2, capsys):
+    found, out = {}, {}
+    for setting in ("false", "true"):
+        cfg = compose_cfg(tmp_path / setting, *probe(saved_gpt2, f"prefetch_features={setting}"))
+        run(cfg)
+        found[setting] = (outcome(Path(cfg.paths.output_dir)), cached(Path(cfg.paths.cache_dir)))
+        out[setting] = capsys.readouterr().out
+    assert found["true"][0] == found["false"][0]
+    files = found["false"][1]
+    assert found["true"][1].keys() == files.keys() and sum(n.startswith("features/") for n in files) == 3
+    for name, value in files.items():  # every prediction and every feature, bit for bit
+        if isinstance(value, pd.DataFrame):
+            pd.testing.assert_frame_equal(found["true"][1][name], value, check_exact=True)
+        else:
+            assert torch.equal(found["true"][1][name], value), name
+    # With it, the background computed test and validation, the ceiling B (its training split).
+    assert out["false"].count("ceiling  features") == 3 and "strong   features" not in out["false"]
+    assert out["true"].count("ceiling  features") == 1
+    assert "strong   features  96 examples" in out["true"] and "strong   features  32 examples" in out["true"]
+
+
+def test_an_error_in_the_background_fails_the_stage_that_needs_its_work(tmp_path, saved_gpt2, monkeypatch):
+    def nan_features(self, batch, batch_idx):
+        return batch["index"], torch.full((len(batch["index"]), 48), float("nan"))
+
+    monkeypatch.setattr(FeatureSystem, "predict_step", nan_features)
+    cfg = compose_cfg(tmp_path, *probe(saved_gpt2, "prefetch_features=true"))
+    with pytest.raises(TrainingDiverged, match="non-finite features"):
+        run(cfg)
+    results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert results["status"] == "failed" and results["failed_stage"] == "ceiling"
+    # Only B's features, which the ceiling computed itself (with its own system): none of the failed ones.
+    assert len(list(Path(cfg.paths.cache_dir).glob("features/*/features.pt"))) == 1
+    assert not [t for t in threading.enumerate() if t.name.startswith("w2s-features")]  # the thread is gone
+
+
+def test_features_draw_nothing_from_the_global_generators(tmp_path, saved_gpt2):
+    """What lets them run beside a stage that trains: its draws are the ones it makes alone."""
+    cfg = compose_cfg(tmp_path, *probe(saved_gpt2))
+    splits = make_splits(instantiate(cfg.dataset.loader, _partial_=True)(), cfg.dataset, cfg.seed)
+    exp = Experiment(cfg, splits, tmp_path / "run", "xent")
+    inputs = FrozenInputs(exp, cfg.strong_model)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    frame = exp.unlabelled("test")
+    feats = inputs.features(frame, inputs.encode(frame, "test"))
+    assert feats.shape == (96, 48) and not inputs.feature_entries[0].cached
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_stage_cache_run_takes_an_entry_begun_elsewhere(tmp_path):
+    cache, calls, gate = StageCache(tmp_path), [], threading.Event()
+
+    def compute(folder: Path) -> dict:
+        gate.wait(5)
+        calls.append(threading.current_thread().name)
+        return {"n": 1}
+
+    with ThreadPoolExecutor(1, "elsewhere") as executor:
+        cache.start("features", "k1", compute, executor)
+        gate.set()
+        result = cache.run("features", "k1", compute)  # waits for the other thread's, never computes
+    assert calls == ["elsewhere_0"] and not result.cached and result.record["n"] == 1
+    assert cache.run("features", "k1", compute).cached and calls == ["elsewhere_0"]
+
+    def fail(folder: Path) -> dict:
+        raise TrainingDiverged("boom")
+
+    with ThreadPoolExecutor(1) as executor:
+        cache.start("features", "k2", fail, executor)
+        with pytest.raises(TrainingDiverged, match="boom"):
+            cache.run("features", "k2", compute)
+    assert not cache.path("features", "k2").exists()
+
+
+def test_thread_budgets_are_per_thread():
+    """A background thread's torch thread count and `use_threads` budget are its own."""
+    seen = {}
+
+    def background():
+        torch.set_num_threads(1)
+        with threads.use_threads("auto", threads.LARGE) as count:
+            seen["background"] = count
+            barrier.wait(5)
+            barrier.wait(5)
+
+    barrier = threading.Barrier(2)
+    before = torch.get_num_threads()
+    worker = threading.Thread(target=background)
+    worker.start()
+    barrier.wait(5)  # the background thread is inside its block now
+    with threads.use_threads("auto", threads.LARGE) as count:
+        seen["main"] = count
+    barrier.wait(5)
+    worker.join()
+    assert seen == {"background": 1, "main": threads.process_cores()}
+    assert torch.get_num_threads() == before
+
+
+@pytest.fixture
+def two_cores(monkeypatch):
+    monkeypatch.setattr(prefetch, "process_cores", lambda: 2)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ((), 1),  # a small weak model on a CPU, a core to spare: every core but one
+        (("prefetch_features=false",), 0),
+        (("trainer.accelerator=gpu",), 0),  # auto stays off on accelerators
+        (("trainer.accelerator=gpu", "prefetch_features=true"), 1),
+        (("threads=2",), 0),
+        (("weak_model=minilm_l6",), 0),  # a weak model that takes every core itself
+        (("strong_model.linear_probe=false",), 0),  # nothing to prefetch
+        (("strong_model.pretrained=model_type:gpt2", "prefetch_features=true"), 0),  # weights drawn: the stage's
+    ],
+)
+def test_when_the_features_are_prefetched(tmp_path, saved_gpt2, two_cores, overrides, expected):
+    cfg = compose_cfg(tmp_path, *probe(saved_gpt2), *overrides)
+    assert prefetch.spare_threads(cfg, cfg.strong_model) == expected
+
+
+def test_auto_needs_a_core_to_spare(tmp_path, saved_gpt2, monkeypatch):
+    monkeypatch.setattr(prefetch, "process_cores", lambda: 1)
+    cfg = compose_cfg(tmp_path, *probe(saved_gpt2))
+    assert prefetch.spare_threads(cfg, cfg.strong_model) == 0
+    cfg.prefetch_features = True
+    assert prefetch.spare_threads(cfg, cfg.strong_model) == 1
+
+
+@pytest.mark.parametrize(("ceiling_split", "ahead"), [("b", ["test", "val"]), ("a", ["b", "test", "val"])])
+def test_the_background_leaves_the_ceilings_training_split_and_starts_with_the_least_urgent(ceiling_split, ahead):
+    assert prefetch.splits_ahead(OmegaConf.create({"ceiling_split": ceiling_split})) == ahead
+
+
+def test_a_bad_setting_fails_at_start_up(tmp_path):
+    cfg = compose_cfg(tmp_path, "prefetch_features=sometimes")
+    with pytest.raises(ConfigError, match="prefetch_features=sometimes: must be auto, true or false"):
+        check_config(cfg)

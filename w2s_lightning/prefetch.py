@@ -1,0 +1,87 @@
+"""The strong probe's frozen features, computed on the cores the weak stage leaves idle.
+
+On a CPU the weak supervisor of the embedded default trains on one thread (threads.py: a small
+model's steps do not split well), while the strong model's features, most of the ceiling's
+time, wait their turn although nothing in them depends on the weak stage. With
+`prefetch_features`, a background thread computes them meanwhile, each under the cache key that
+the stages reading them look up (`stages.Inputs.features`), and a stage takes each one from
+there, waiting for it if it is not finished yet (`StageCache.start`).
+
+The thread computes every split the strong model reads except the one the ceiling trains on,
+which is needed the moment the weak stage ends; that one the ceiling computes itself, with every
+core. The schedule is fixed, so each split is always computed on the same number of threads.
+
+Nothing a stage computes changes. A frozen encoder with loaded weights draws nothing from the
+random generators when it is built, and feature extraction draws from a generator of its own, so
+the weak stage's draws are the ones it makes alone (tests/test_prefetch.py compares whole runs
+with and without). An encoder with random weights is drawn from the seeded generator, so its
+features are left to the stage. Never under data parallelism, whose collectives the thread's
+would interleave with."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import torch
+
+from w2s_lightning import distributed
+from w2s_lightning.methods.features import FrozenInputs
+from w2s_lightning.models.backbone import random_weights
+from w2s_lightning.threads import AUTO, SMALL, process_cores, work_of
+
+log = logging.getLogger(__name__)
+
+STAGE = "strong"  # how its passes are named on the console
+
+
+def spare_threads(cfg, spec) -> int:
+    """Threads for the background features of strong model `spec`; 0 for no background work.
+    `auto`: on a CPU, with `threads: auto`, a small weak model (it trains on one thread) and a
+    core to spare, the thread gets every core but one. `true` forces it wherever it is safe."""
+    setting = cfg.get("prefetch_features", AUTO)  # checks.py vetted it
+    if setting is False or not spec.linear_probe or random_weights(spec) or distributed.world_size() > 1:
+        return 0
+    cores = process_cores()
+    if setting == AUTO and (
+        cfg.trainer.accelerator != "cpu"
+        or cfg.get("threads", AUTO) != AUTO
+        or work_of(cfg.weak_model) != SMALL
+        or cores < 2
+    ):
+        return 0
+    return max(1, cores - 1)
+
+
+def splits_ahead(cfg) -> list[str]:
+    """The strong model's splits in the order the background computes them: least urgent first,
+    without the ceiling's training split."""
+    needed = list(dict.fromkeys([cfg.ceiling_split, "val", "test", "b"]))  # in the order the stages read them
+    return needed[:0:-1]
+
+
+@contextmanager
+def prefetch_features(exp, start):
+    """Within the block, the strong model (where `start` points) has its features of
+    `splits_ahead` computed on a background thread; the block waits for that thread at its end."""
+    threads = spare_threads(exp.cfg, start.spec)
+    if not threads:
+        yield
+        return
+    inputs = FrozenInputs(exp, start.spec, stage=STAGE)
+    # torch's thread count is per thread: this one's stays with the worker.
+    executor = ThreadPoolExecutor(1, "w2s-features", initializer=torch.set_num_threads, initargs=(threads,))
+    log.debug("features of %s on %d background threads", start.spec.name, threads)
+    try:
+        for split in splits_ahead(exp.cfg):
+            frame = exp.unlabelled(split)
+            job = inputs.feature_job(inputs.encode(frame, split))
+            exp.cache.start("features", inputs.feature_key(frame), job, executor)
+        yield
+    finally:
+        # Normally every entry was taken by now. After an error, what has not begun is dropped;
+        # the one being computed finishes into the cache (its file lock is held until then).
+        for key in [k for k in exp.cache.pending if k[0] == "features"]:
+            exp.cache.pending.pop(key).cancel()
+        executor.shutdown(wait=True)
