@@ -29,6 +29,11 @@ from w2s_lightning.models.system import ClassifierSystem, configure_deepspeed_cl
 from w2s_lightning.progress import stage_callbacks
 from w2s_lightning.threads import AUTO, LARGE, use_threads, work_of
 
+# Lightning cannot see that our inference batch samplers yield every index; they do, by
+# construction (run_predict checks it). Set once: `catch_warnings` around each prediction would
+# swap the process's filters under a thread predicting beside it (prefetch.py).
+warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
+
 # The catalogue fields that determine a frozen backbone's pooled features.
 FEATURE_FIELDS = (
     "pretrained",
@@ -80,10 +85,7 @@ def run_predict(
     rank predicts its share and every rank receives all of them; each example must arrive exactly
     once, or the stage fails rather than keep a hole or a double. `generator`: where the loader
     draws its worker seed (inference_loader)."""
-    with warnings.catch_warnings():
-        # Lightning cannot see that the batch sampler yields every index; it does, by construction.
-        warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
-        batches = trainer.predict(system, inference_loader(examples, batch_size, pad_id, generator=generator))
+    batches = trainer.predict(system, inference_loader(examples, batch_size, pad_id, generator=generator))
     if trainer.received_sigterm:  # Lightning notes a SIGTERM during prediction and goes on
         raise SIGTERMException
     index = torch.cat([i for i, _ in batches])
