@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from w2s_lightning.data.splits import make_splits
 from w2s_lightning.errors import ConfigError, TrainingDiverged
 from w2s_lightning.experiment import Experiment
 from w2s_lightning.methods.features import FrozenInputs
+from w2s_lightning.methods.supervisor import WeakSupervisor
 from w2s_lightning.models.backbone import load_config
 from w2s_lightning.models.system import FeatureSystem
 from w2s_lightning.pipeline import run
@@ -85,6 +87,25 @@ def test_a_run_with_prefetch_gives_what_a_run_without_it_gives(tmp_path, saved_g
     assert "strong   features  96 examples" in out["true"] and "strong   features  32 examples" in out["true"]
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [("refine=knn", "refine.k=10"), ("ceiling_split=a",)],
+    ids=["a-refiner-reads-B-and-validation-first", "the-ceiling-trains-on-A"],
+)
+def test_other_readers_and_orders_take_the_same_features(tmp_path, saved_gpt2, overrides):
+    """A refiner that reads validation before the ceiling; a ceiling on A, which leaves B to the
+    background."""
+    found = {}
+    for setting in ("false", "true"):
+        cfg = compose_cfg(tmp_path / setting, *probe(saved_gpt2, f"prefetch_features={setting}", *overrides))
+        run(cfg)
+        found[setting] = (outcome(Path(cfg.paths.output_dir)), cached(Path(cfg.paths.cache_dir)))
+    assert found["true"][0] == found["false"][0]
+    for name, value in found["false"][1].items():
+        if name.startswith("features/"):
+            assert torch.equal(found["true"][1][name], value), name
+
+
 def test_an_error_in_the_background_fails_the_stage_that_needs_its_work(tmp_path, saved_gpt2, monkeypatch):
     def nan_features(self, batch, batch_idx):
         return batch["index"], torch.full((len(batch["index"]), 48), float("nan"))
@@ -98,6 +119,30 @@ def test_an_error_in_the_background_fails_the_stage_that_needs_its_work(tmp_path
     # Only B's features, which the ceiling computed itself (with its own system): none of the failed ones.
     assert len(list(Path(cfg.paths.cache_dir).glob("features/*/features.pt"))) == 1
     assert not [t for t in threading.enumerate() if t.name.startswith("w2s-features")]  # the thread is gone
+
+
+def test_a_failed_run_stops_the_background_at_its_next_batch(tmp_path, saved_gpt2, monkeypatch):
+    """Ctrl-C or a scheduler's SIGTERM must not wait for features nobody will read."""
+    batches, real_step = [], FeatureSystem.predict_step
+
+    def slow_step(self, batch, batch_idx):
+        batches.append(batch_idx)
+        time.sleep(0.2)
+        return real_step(self, batch, batch_idx)
+
+    def weak_stage_fails(self, exp):
+        time.sleep(0.3)  # the background pass is under way
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FeatureSystem, "predict_step", slow_step)
+    monkeypatch.setattr(WeakSupervisor, "__call__", weak_stage_fails)
+    cfg = compose_cfg(tmp_path, *probe(saved_gpt2, "prefetch_features=true", "strong_model.eval_batch_size=8"))
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    assert 1 <= len(batches) < 12  # test has 96 texts, 12 batches: it stopped after the first few
+    left = [p.name for p in Path(cfg.paths.cache_dir).glob("features/*") if p.is_dir()]
+    assert not left  # no entry, not even a temporary (the lock's file stays, free, as every lock's does)
+    assert not [t for t in threading.enumerate() if t.name.startswith("w2s-features")]
 
 
 def test_features_draw_nothing_from_the_global_generators(tmp_path, saved_gpt2):

@@ -16,14 +16,17 @@ random generators when it is built, and feature extraction draws from a generato
 the weak stage's draws are the ones it makes alone (tests/test_prefetch.py compares whole runs
 with and without). An encoder with random weights is drawn from the seeded generator, so its
 features are left to the stage. Never under data parallelism, whose collectives the thread's
-would interleave with."""
+would interleave with. A run that fails or is interrupted stops the thread at its next batch
+(`Abandon`), leaving nothing half-made in the cache."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import lightning as L
 import torch
 
 from w2s_lightning import distributed
@@ -34,6 +37,22 @@ from w2s_lightning.threads import AUTO, SMALL, process_cores, work_of
 log = logging.getLogger(__name__)
 
 STAGE = "strong"  # how its passes are named on the console
+
+
+class Abandoned(RuntimeError):
+    """A background pass stopped because the run it served had failed or been interrupted."""
+
+
+class Abandon(L.Callback):
+    """Stops a background pass at its next batch once `event` is set: a run that failed or was
+    interrupted (Ctrl-C, a scheduler's SIGTERM) exits without waiting for work nobody will read."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.event.is_set():
+            raise Abandoned("the run this background pass served has stopped")
 
 
 def spare_threads(cfg, spec) -> int:
@@ -69,7 +88,8 @@ def prefetch_features(exp, start):
     if not threads:
         yield
         return
-    inputs = FrozenInputs(exp, start.spec, stage=STAGE)
+    stop = threading.Event()
+    inputs = FrozenInputs(exp, start.spec, stage=STAGE, callbacks=[Abandon(stop)])
     # torch's thread count is per thread: this one's stays with the worker.
     executor = ThreadPoolExecutor(1, "w2s-features", initializer=torch.set_num_threads, initargs=(threads,))
     log.debug("features of %s on %d background threads", start.spec.name, threads)
@@ -79,9 +99,12 @@ def prefetch_features(exp, start):
             job = inputs.feature_job(inputs.encode(frame, split))
             exp.cache.start("features", inputs.feature_key(frame), job, executor)
         yield
+    except BaseException:
+        stop.set()  # the run failed or was interrupted: the pass under way ends at its next batch
+        raise
     finally:
-        # Normally every entry was taken by now. After an error, what has not begun is dropped;
-        # the one being computed finishes into the cache (its file lock is held until then).
+        # Normally every entry was taken by now. After an error, what has not begun is dropped and
+        # the pass under way leaves nothing in the cache (nor its lock held) once it has stopped.
         for key in [k for k in exp.cache.pending if k[0] == "features"]:
             exp.cache.pending.pop(key).cancel()
         executor.shutdown(wait=True)

@@ -36,10 +36,11 @@ STAGE = "refine"
 class FrozenInputs(Inputs):
     """`Inputs` for feature extraction alone: a frozen encoder (no head) and a trainer, built on
     first use, which `Inputs.features` makes only on a cache miss. `stage` names its passes on the
-    console."""
+    console; `callbacks` join the trainer's."""
 
-    def __init__(self, exp: Experiment, spec, stage: str = STAGE):  # Inputs' fields; `system`, `trainer` below
+    def __init__(self, exp: Experiment, spec, stage: str = STAGE, callbacks=()):  # Inputs' fields; lazy ones below
         self.cfg, self.spec, self.slot, self.stage = exp.cfg, spec, "strong_model", stage
+        self.callbacks = list(callbacks)
         self.cache, self.workdir = exp.cache, exp.out_dir / stage
         self.tokenizer = load_tokenizer(spec)
         self.pad_id = self.tokenizer.pad_token_id
@@ -56,6 +57,7 @@ class FrozenInputs(Inputs):
     def trainer(self) -> L.Trainer:
         # Lines, never a live bar: these passes may run beside a stage that draws its own (prefetch.py).
         callbacks = [EpochLines(self.stage)] if self.cfg.trainer.get("enable_progress_bar", True) else []
+        callbacks += self.callbacks
         return make_trainer(self.cfg, logger=False, default_root_dir=str(self.workdir), callbacks=callbacks)
 
     def encode(self, frame: pd.DataFrame, split: str):
