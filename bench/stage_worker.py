@@ -27,7 +27,6 @@ from bench.common import Clock, compose_cfg, quiet  # noqa: E402
 from w2s_lightning.cache import StageCache  # noqa: E402
 from w2s_lightning.data.splits import make_splits  # noqa: E402
 from w2s_lightning.losses import CrossEntropy  # noqa: E402
-from w2s_lightning.methods.selection import LastCheckpoint  # noqa: E402
 from w2s_lightning.stages import fit_predict  # noqa: E402
 
 
@@ -55,9 +54,9 @@ def stage_inputs(cfg, splits, stage: str, workdir: Path) -> dict:
 
 
 class PhaseClock(L.Callback):
-    """Wall and CPU seconds of each Lightning phase of a stage: `features` (a frozen backbone's
-    pass, run as a predict with `predict_features` on), `fit` (Trainer set-up to teardown, of
-    which `train_steps` and `validation`), `predict` (the stage's predictions)."""
+    """Wall and CPU seconds of each Lightning phase of a stage: `features` (a linear probe's frozen
+    encoder, a FeatureSystem predicting on a trainer of its own), `fit` (Trainer set-up to
+    teardown, of which `train_steps` and `validation`), `predict` (the stage's predictions)."""
 
     def __init__(self):
         self.phases: dict[str, list[float]] = {}
@@ -97,17 +96,6 @@ class PhaseClock(L.Callback):
 
     def on_validation_end(self, trainer, pl_module):
         self.end("validation")
-
-
-class TimedLast(LastCheckpoint):
-    """The default checkpoint choice (the last), carrying the phase clock into the Trainer through
-    the selection strategy's callbacks, the way `fit_predict` takes extra callbacks."""
-
-    def __init__(self):
-        self.clock = PhaseClock()
-
-    def callbacks(self) -> list:
-        return [self.clock]
 
 
 def phase_table(clock: PhaseClock, start: float, wall: float, cpu: float) -> dict:
@@ -152,7 +140,7 @@ def run_stage(cfg, splits, stage: str, workdir: Path, cache: StageCache) -> dict
     record = {"stage": stage, "model": inputs["spec"].name, "setup_peak_rss_bytes": status_kib("VmHWM") * kib}
     record["rss_before_bytes"] = status_kib("VmRSS") * kib
     record["peak_scope"] = "stage" if reset_peak_rss() else "process"
-    timed = TimedLast()
+    phases = PhaseClock()
     clock = Clock().start()
     fit = fit_predict(
         cfg,
@@ -162,12 +150,12 @@ def run_stage(cfg, splits, stage: str, workdir: Path, cache: StageCache) -> dict
         workdir=stage_dir,
         loggers=[],
         cache=cache,
-        select=timed,
+        callbacks=[phases],  # on the stage's trainer and on its features' own
         **inputs,
     )
     wall, cpu = clock.read()
     record.update(seconds=wall, cpu_seconds=cpu, n_train=fit["n_train"])
-    record["phases"] = phase_table(timed.clock, clock.wall, wall, cpu)
+    record["phases"] = phase_table(phases, clock.wall, wall, cpu)
     # Not ru_maxrss: across fork and exec it keeps the parent's size, so a large parent would
     # hide every stage's own peak.
     record["peak_rss_bytes"] = status_kib("VmHWM") * kib

@@ -56,3 +56,9 @@ def run_identity(weak: str, strong: str, loss: str, seed: int, sizes: dict, name
         "seed": seed,
         "name": name,
     }
+
+
+def loaded_probe(saved: str, *more: str) -> list[str]:
+    """Overrides for a tiny linear probe whose weights are loaded from `saved` (the `saved_gpt2`
+    fixture), under a tiny weak model."""
+    return ["weak_model=tiny_bert", f"strong_model.pretrained={saved}", "strong_model.linear_probe=true", *more]

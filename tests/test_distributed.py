@@ -179,13 +179,13 @@ def test_fsdp_wraps_the_classifier_as_a_unit_of_its_own():
     from lightning.pytorch.strategies import FSDPStrategy
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-    from w2s_lightning.models.classifier import Classifier, Encoder
+    from w2s_lightning.models.classifier import Classifier, Encoder, ProbeHead
     from w2s_lightning.stages import wrap_classifier
 
     strategy = FSDPStrategy(auto_wrap_policy={GPT2Block})
     wrap_classifier(strategy)
-    # The policy wraps by isinstance: a Classifier, and the frozen Encoder of feature extraction.
-    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {GPT2Block, Encoder}
+    # By isinstance: a Classifier, the frozen Encoder of feature extraction, a probe's head.
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {GPT2Block, Encoder, ProbeHead}
     assert issubclass(Classifier, Encoder)
 
 

@@ -15,7 +15,6 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from transformers import AutoModel
 
 from w2s_lightning import prefetch, threads
 from w2s_lightning.cache import StageCache
@@ -23,29 +22,14 @@ from w2s_lightning.checks import check_config
 from w2s_lightning.data.splits import make_splits
 from w2s_lightning.errors import ConfigError, TrainingDiverged
 from w2s_lightning.experiment import Experiment
-from w2s_lightning.methods.features import FrozenInputs
+from w2s_lightning.methods.features import frozen_inputs
 from w2s_lightning.methods.supervisor import WeakSupervisor
-from w2s_lightning.models.backbone import load_config
 from w2s_lightning.models.system import FeatureSystem
 from w2s_lightning.pipeline import run
 
-from .helpers import compose_cfg
+from .helpers import compose_cfg, loaded_probe
 
 STAGES = ("weak", "ceiling", "student")
-
-
-@pytest.fixture(scope="module")
-def saved_gpt2(tmp_path_factory) -> str:
-    """tiny_gpt2's random weights saved to a folder: a probe whose weights are loaded, not drawn."""
-    folder = tmp_path_factory.mktemp("tiny_gpt2")
-    spec = compose_cfg(folder, "strong_model=tiny_gpt2").strong_model
-    torch.manual_seed(0)
-    AutoModel.from_config(load_config(spec)).save_pretrained(folder)
-    return str(folder)
-
-
-def probe(saved: str, *more: str) -> list[str]:
-    return ["weak_model=tiny_bert", f"strong_model.pretrained={saved}", "strong_model.linear_probe=true", *more]
 
 
 def outcome(root: Path) -> dict:
@@ -69,7 +53,7 @@ def cached(cache: Path) -> dict:
 def test_a_run_with_prefetch_gives_what_a_run_without_it_gives(tmp_path, saved_gpt2, capsys):
     found, out = {}, {}
     for setting in ("false", "true"):
-        cfg = compose_cfg(tmp_path / setting, *probe(saved_gpt2, f"prefetch_features={setting}"))
+        cfg = compose_cfg(tmp_path / setting, *loaded_probe(saved_gpt2, f"prefetch_features={setting}"))
         run(cfg)
         found[setting] = (outcome(Path(cfg.paths.output_dir)), cached(Path(cfg.paths.cache_dir)))
         out[setting] = capsys.readouterr().out
@@ -97,7 +81,7 @@ def test_other_readers_and_orders_take_the_same_features(tmp_path, saved_gpt2, o
     background."""
     found = {}
     for setting in ("false", "true"):
-        cfg = compose_cfg(tmp_path / setting, *probe(saved_gpt2, f"prefetch_features={setting}", *overrides))
+        cfg = compose_cfg(tmp_path / setting, *loaded_probe(saved_gpt2, f"prefetch_features={setting}", *overrides))
         run(cfg)
         found[setting] = (outcome(Path(cfg.paths.output_dir)), cached(Path(cfg.paths.cache_dir)))
     assert found["true"][0] == found["false"][0]
@@ -107,16 +91,21 @@ def test_other_readers_and_orders_take_the_same_features(tmp_path, saved_gpt2, o
 
 
 def test_an_error_in_the_background_fails_the_stage_that_needs_its_work(tmp_path, saved_gpt2, monkeypatch):
-    def nan_features(self, batch, batch_idx):
-        return batch["index"], torch.full((len(batch["index"]), 48), float("nan"))
+    real_step = FeatureSystem.predict_step
 
-    monkeypatch.setattr(FeatureSystem, "predict_step", nan_features)
-    cfg = compose_cfg(tmp_path, *probe(saved_gpt2, "prefetch_features=true"))
+    def nan_in_the_background(self, batch, batch_idx):
+        index, features = real_step(self, batch, batch_idx)
+        if threading.current_thread().name.startswith("w2s-features"):
+            features = torch.full_like(features, float("nan"))
+        return index, features
+
+    monkeypatch.setattr(FeatureSystem, "predict_step", nan_in_the_background)
+    cfg = compose_cfg(tmp_path, *loaded_probe(saved_gpt2, "prefetch_features=true"))
     with pytest.raises(TrainingDiverged, match="non-finite features"):
         run(cfg)
     results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
     assert results["status"] == "failed" and results["failed_stage"] == "ceiling"
-    # Only B's features, which the ceiling computed itself (with its own system): none of the failed ones.
+    # Only B's features, which the ceiling computed itself: none of the background's.
     assert len(list(Path(cfg.paths.cache_dir).glob("features/*/features.pt"))) == 1
     assert not [t for t in threading.enumerate() if t.name.startswith("w2s-features")]  # the thread is gone
 
@@ -136,7 +125,7 @@ def test_a_failed_run_stops_the_background_at_its_next_batch(tmp_path, saved_gpt
 
     monkeypatch.setattr(FeatureSystem, "predict_step", slow_step)
     monkeypatch.setattr(WeakSupervisor, "__call__", weak_stage_fails)
-    cfg = compose_cfg(tmp_path, *probe(saved_gpt2, "prefetch_features=true", "strong_model.eval_batch_size=8"))
+    cfg = compose_cfg(tmp_path, *loaded_probe(saved_gpt2, "prefetch_features=true", "strong_model.eval_batch_size=8"))
     with pytest.raises(KeyboardInterrupt):
         run(cfg)
     assert 1 <= len(batches) < 12  # test has 96 texts, 12 batches: it stopped after the first few
@@ -147,10 +136,10 @@ def test_a_failed_run_stops_the_background_at_its_next_batch(tmp_path, saved_gpt
 
 def test_features_draw_nothing_from_the_global_generators(tmp_path, saved_gpt2):
     """What lets them run beside a stage that trains: its draws are the ones it makes alone."""
-    cfg = compose_cfg(tmp_path, *probe(saved_gpt2))
+    cfg = compose_cfg(tmp_path, *loaded_probe(saved_gpt2))
     splits = make_splits(instantiate(cfg.dataset.loader, _partial_=True)(), cfg.dataset, cfg.seed)
     exp = Experiment(cfg, splits, tmp_path / "run", "xent")
-    inputs = FrozenInputs(exp, cfg.strong_model)
+    inputs = frozen_inputs(exp, cfg.strong_model)
     torch.manual_seed(123)
     before = torch.get_rng_state()
     frame = exp.unlabelled("test")
@@ -227,13 +216,13 @@ def two_cores(monkeypatch):
     ],
 )
 def test_when_the_features_are_prefetched(tmp_path, saved_gpt2, two_cores, overrides, expected):
-    cfg = compose_cfg(tmp_path, *probe(saved_gpt2), *overrides)
+    cfg = compose_cfg(tmp_path, *loaded_probe(saved_gpt2), *overrides)
     assert prefetch.spare_threads(cfg, cfg.strong_model) == expected
 
 
 def test_auto_needs_a_core_to_spare(tmp_path, saved_gpt2, monkeypatch):
     monkeypatch.setattr(prefetch, "process_cores", lambda: 1)
-    cfg = compose_cfg(tmp_path, *probe(saved_gpt2))
+    cfg = compose_cfg(tmp_path, *loaded_probe(saved_gpt2))
     assert prefetch.spare_threads(cfg, cfg.strong_model) == 0
     cfg.prefetch_features = True
     assert prefetch.spare_threads(cfg, cfg.strong_model) == 1

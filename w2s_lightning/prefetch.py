@@ -30,8 +30,9 @@ import lightning as L
 import torch
 
 from w2s_lightning import distributed
-from w2s_lightning.methods.features import FrozenInputs
+from w2s_lightning.methods.features import frozen_inputs
 from w2s_lightning.models.backbone import random_weights
+from w2s_lightning.progress import EpochLines
 from w2s_lightning.threads import AUTO, SMALL, process_cores, work_of
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,9 @@ def prefetch_features(exp, start):
         yield
         return
     stop = threading.Event()
-    inputs = FrozenInputs(exp, start.spec, stage=STAGE, callbacks=[Abandon(stop)])
+    # Lines, never a live bar: the weak stage may be drawing its own.
+    lines = [EpochLines(STAGE)] if exp.cfg.trainer.get("enable_progress_bar", True) else []
+    inputs = frozen_inputs(exp, start.spec, STAGE, [*lines, Abandon(stop)])
     # torch's thread count is per thread: this one's stays with the worker.
     executor = ThreadPoolExecutor(1, "w2s-features", initializer=torch.set_num_threads, initargs=(threads,))
     log.debug("features of %s on %d background threads", start.spec.name, threads)

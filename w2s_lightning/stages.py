@@ -7,6 +7,7 @@ import resource
 import time
 import warnings
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 
 import lightning as L
@@ -23,9 +24,9 @@ from w2s_lightning.data.batches import FeatureExamples, encode, inference_loader
 from w2s_lightning.data.splits import fingerprint
 from w2s_lightning.errors import TrainingDiverged
 from w2s_lightning.losses import Loss
-from w2s_lightning.models.backbone import load_tokenizer, random_weights
-from w2s_lightning.models.classifier import Encoder
-from w2s_lightning.models.system import ClassifierSystem, configure_deepspeed_clip
+from w2s_lightning.models.backbone import load_config, load_tokenizer, random_weights
+from w2s_lightning.models.classifier import Encoder, ProbeHead, resolve_pooling
+from w2s_lightning.models.system import ClassifierSystem, FeatureSystem, configure_deepspeed_clip
 from w2s_lightning.progress import stage_callbacks
 from w2s_lightning.threads import AUTO, LARGE, use_threads, work_of
 
@@ -69,7 +70,8 @@ def wrap_classifier(strategy) -> None:
     policy = strategy.kwargs.get("auto_wrap_policy")
     if policy is None or isinstance(policy, ModuleWrapPolicy):
         classes = set(policy._module_classes) if policy is not None else set()
-        strategy.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(classes | {Encoder})  # a Classifier is one
+        # By isinstance: a Classifier is an Encoder.
+        strategy.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(classes | {Encoder, ProbeHead})
 
 
 def sharded(trainer: L.Trainer) -> bool:
@@ -111,32 +113,50 @@ def peak_memory() -> dict:
 
 
 class Inputs:
-    """Turns texts into what the model trains on: token ids, or for a linear probe the frozen
-    backbone's pooled features, computed once per (model, texts) and cached like a stage, so
-    a sweep of probes never runs a backbone twice on the same data."""
+    """Turns texts into what the model trains on: token ids, or for a linear probe its frozen
+    encoder's pooled features, computed once per (model, texts) and cached like a stage, so a
+    sweep of probes never runs a backbone twice on the same data. The encoder (a FeatureSystem)
+    and its trainer are built on the first feature missing from the cache: a stage whose features
+    are all cached never loads the backbone. `callbacks`: that trainer's (default: the stage's
+    progress display)."""
 
-    def __init__(self, cfg, spec, slot: str, system, trainer: L.Trainer, cache: StageCache | None, stage: str):
+    def __init__(self, cfg, spec, slot: str, stage: str, cache: StageCache | None, workdir: Path, callbacks=None):
         self.cfg, self.spec, self.slot, self.stage = cfg, spec, slot, stage
-        self.system, self.trainer, self.cache = system, trainer, cache
+        self.cache, self.workdir, self.callbacks = cache, workdir, callbacks
         self.tokenizer = load_tokenizer(spec)
         self.pad_id = self.tokenizer.pad_token_id
+        self.keep_end = resolve_pooling(spec, load_config(spec)) == "last"  # decoders pool their last token
         self.truncated: dict[str, float] = {}  # share of each split's texts cut to fit max_length
         self.feature_entries: list = []  # cache entries of the frozen features computed or read
 
-    def __call__(self, frame: pd.DataFrame, targets, split: str):
-        keep_end = self.system.pooling == "last"
-        where = f"stage {self.stage}, split {split} ({self.spec.name})"
-        knob = f"{self.slot}.max_length"
-        # Training and validation targets are labels a cut could erase; predicted sets have none.
+    @cached_property
+    def trainer(self) -> L.Trainer:
+        callbacks = stage_callbacks(self.cfg, self.stage) if self.callbacks is None else self.callbacks
+        return make_trainer(self.cfg, logger=False, default_root_dir=str(self.workdir), callbacks=callbacks)
+
+    @cached_property
+    def system(self) -> FeatureSystem:
+        if random_weights(self.spec):  # drawn as its stage draws them: the same seed, the same weights
+            L.seed_everything(self.cfg.seed, workers=True)
+        return FeatureSystem(self.spec, defer=sharded(self.trainer))
+
+    def encode(self, frame: pd.DataFrame, split: str, targets=None):
+        """Token ids of `frame`'s texts, fitted to max_length. Training and validation targets are
+        labels a cut could erase (data/batches.encode); predicted sets have none."""
+        targets = np.zeros(len(frame)) if targets is None else targets
         labels = np.asarray(targets) > 0.5 if split in ("train", "val") else None
-        encoded = encode(frame, self.tokenizer, self.spec.max_length, targets, keep_end, where, knob, labels)
+        where, knob = f"stage {self.stage}, split {split} ({self.spec.name})", f"{self.slot}.max_length"
+        return encode(frame, self.tokenizer, self.spec.max_length, targets, self.keep_end, where, knob, labels)
+
+    def __call__(self, frame: pd.DataFrame, targets, split: str):
+        encoded = self.encode(frame, split, targets)
         self.truncated[split] = encoded.truncated_fraction
         if not self.spec.linear_probe:
             return encoded
         return FeatureExamples(self.features(frame, encoded), targets)
 
     def features(self, frame: pd.DataFrame, encoded) -> torch.Tensor:
-        cache = self.cache or StageCache(Path(self.trainer.default_root_dir) / "features", enabled=False)
+        cache = self.cache or StageCache(self.workdir / "features", enabled=False)
         result = cache.run("features", self.feature_key(frame), self.feature_job(encoded))
         self.feature_entries.append(result)  # a method's cost and keys name the features it read
         return torch.load(result.path / "features.pt")
@@ -163,14 +183,10 @@ class Inputs:
         they were, and so every later random draw of the stage."""
 
         def compute(workdir: Path) -> dict:
-            self.system.predict_features = True
-            try:
-                with use_threads(self.cfg.get("threads", AUTO), LARGE):  # a backbone over many texts splits well
-                    feats = run_predict(
-                        self.trainer, self.system, encoded, self.spec.eval_batch_size, self.pad_id, torch.Generator()
-                    )
-            finally:
-                self.system.predict_features = False
+            with use_threads(self.cfg.get("threads", AUTO), LARGE):  # a backbone over many texts splits well
+                feats = run_predict(
+                    self.trainer, self.system, encoded, self.spec.eval_batch_size, self.pad_id, torch.Generator()
+                )
             if not np.isfinite(feats).all():
                 raise TrainingDiverged(
                     f"stage {self.stage}: the frozen backbone of {self.spec.name} gave non-finite features for "
@@ -199,19 +215,21 @@ def fit_predict(
     cache: StageCache | None = None,
     epochs: int | None = None,
     select=None,
+    callbacks=(),
 ) -> dict:
     """Train `spec` (the model of config slot `slot`) on (`train`, `targets`), validating on
     (`val`, `val_targets`), then write `<name>.parquet` (id, prob) for every frame in `predict`.
     `select` (a `methods.selection` strategy) may keep the best checkpoint by validation. The
-    frames may lack a `label` column: a stage never needs ground truth it was not given. Returns
-    the stage record. A non-finite loss or prediction raises TrainingDiverged."""
+    frames may lack a `label` column: a stage never needs ground truth it was not given.
+    `callbacks` join every trainer of the stage (a linear probe's features have their own).
+    Returns the stage record. A non-finite loss or prediction raises TrainingDiverged."""
     L.seed_everything(cfg.seed, workers=True)  # each stage starts from the same state, cached or not
     trainer = make_trainer(
         cfg,
         max_epochs=epochs or cfg.train.epochs,
         logger=loggers or False,
         default_root_dir=str(workdir),
-        callbacks=stage_callbacks(cfg, stage) + (select.callbacks() if select else []),
+        callbacks=stage_callbacks(cfg, stage) + (select.callbacks() if select else []) + list(callbacks),
         **(select.trainer_overrides(len(train), spec.batch_size) if select else {}),
     )
     system = ClassifierSystem(
@@ -224,7 +242,7 @@ def fit_predict(
         slot,
         defer=sharded(trainer),
     )
-    inputs = Inputs(cfg, spec, slot, system, trainer, cache, stage)
+    inputs = Inputs(cfg, spec, slot, stage, cache, workdir, stage_callbacks(cfg, stage) + list(callbacks))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     train_examples = inputs(train, targets, "train")

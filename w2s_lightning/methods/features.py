@@ -10,64 +10,30 @@ examples whose weak label it contradicts most, as EleutherAI/w2s's `--probe_rela
 
 from __future__ import annotations
 
-from functools import cached_property
-
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 
 from w2s_lightning.cache import stage_key
-from w2s_lightning.data.batches import encode
 from w2s_lightning.data.splits import aligned
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.experiment import Experiment, Labels
 from w2s_lightning.methods import Method
 from w2s_lightning.methods.confidence import drop_lowest
-from w2s_lightning.models.backbone import load_config, load_tokenizer, random_weights
-from w2s_lightning.models.classifier import resolve_pooling
-from w2s_lightning.models.system import FeatureSystem
-from w2s_lightning.progress import EpochLines
-from w2s_lightning.stages import Inputs, make_trainer
+from w2s_lightning.stages import Inputs
 
 STAGE = "refine"
 
 
-class FrozenInputs(Inputs):
-    """`Inputs` for feature extraction alone: a frozen encoder (no head) and a trainer, built on
-    first use, which `Inputs.features` makes only on a cache miss. `stage` names its passes on the
-    console; `callbacks` join the trainer's."""
-
-    def __init__(self, exp: Experiment, spec, stage: str = STAGE, callbacks=()):  # Inputs' fields; lazy ones below
-        self.cfg, self.spec, self.slot, self.stage = exp.cfg, spec, "strong_model", stage
-        self.callbacks = list(callbacks)
-        self.cache, self.workdir = exp.cache, exp.out_dir / stage
-        self.tokenizer = load_tokenizer(spec)
-        self.pad_id = self.tokenizer.pad_token_id
-        self.keep_end = resolve_pooling(spec, load_config(spec)) == "last"
-        self.truncated, self.feature_entries = {}, []
-
-    @cached_property
-    def system(self) -> FeatureSystem:
-        if random_weights(self.spec):  # drawn as a stage draws them, so its probe gets the same weights
-            L.seed_everything(self.cfg.seed, workers=True)
-        return FeatureSystem(self.spec)
-
-    @cached_property
-    def trainer(self) -> L.Trainer:
-        # Lines, never a live bar: these passes may run beside a stage that draws its own (prefetch.py).
-        callbacks = [EpochLines(self.stage)] if self.cfg.trainer.get("enable_progress_bar", True) else []
-        callbacks += self.callbacks
-        return make_trainer(self.cfg, logger=False, default_root_dir=str(self.workdir), callbacks=callbacks)
-
-    def encode(self, frame: pd.DataFrame, split: str):
-        where = f"stage {self.stage}, split {split} ({self.spec.name})"
-        return encode(frame, self.tokenizer, self.spec.max_length, np.zeros(len(frame)), self.keep_end, where)
+def frozen_inputs(exp: Experiment, spec, stage: str = STAGE, callbacks=None) -> Inputs:
+    """The strong model's `Inputs` outside a stage: its features under the keys a probe's stages
+    look up. `stage` names its passes on the console and its working folder."""
+    return Inputs(exp.cfg, spec, "strong_model", stage, exp.cache, exp.out_dir / stage, callbacks)
 
 
 def strong_features(exp: Experiment, spec, splits: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], list]:
     """Float32 features of each split (rows in `exp.unlabelled(split)` order) and their cache entries."""
-    inputs = FrozenInputs(exp, spec)
+    inputs = frozen_inputs(exp, spec)
     features = {}
     for split in splits:
         frame = exp.unlabelled(split)

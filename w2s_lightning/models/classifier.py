@@ -65,11 +65,7 @@ class Classifier(Encoder):
     def __init__(self, spec):
         config = load_config(spec)
         super().__init__(spec, config)
-        hidden = config.get_text_config().hidden_size
-        self.head = nn.Linear(hidden, 2)
-        # Zero init (std 0) starts every model at p = 0.5, so the first steps only see the labels.
-        nn.init.normal_(self.head.weight, std=spec.head_init_std)
-        nn.init.zeros_(self.head.bias)
+        self.head = new_head(spec, config)
         if spec.linear_probe:
             self.backbone.requires_grad_(False)
         if spec.lora.enabled and not spec.linear_probe:
@@ -79,19 +75,52 @@ class Classifier(Encoder):
             self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, input_ids=None, attention_mask=None, features=None) -> torch.Tensor:
-        """Logits from token ids, or from precomputed pooled `features` (linear probes)."""
+        """Logits from token ids, or from precomputed pooled `features`."""
         if features is None:
             features = self.pooled(input_ids, attention_mask)
-        # The head and its logits in the head's own precision (float32 unless the whole model was
-        # cast): under mixed precision autocast would otherwise run them in bf16.
-        with torch.autocast(device_type=features.device.type, enabled=False):
-            return self.head(features.to(self.head.weight.dtype))
+        return head_logits(self.head, features)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what training changed: the head, plus adapters under LoRA or everything under
         full finetuning."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {n: t.detach().cpu() for n, t in self.state_dict().items() if n in names}
+        return trainable_state(self)
+
+
+class ProbeHead(nn.Module):
+    """What a linear probe's stage trains and holds: the head, on its frozen encoder's pooled
+    features, which come computed or from the cache before training starts (stages.Inputs). A
+    stage whose features are all cached never loads the encoder. Its weights are named as a
+    Classifier's head, and drawn the same as one whose backbone's weights are loaded."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.head = new_head(spec, load_config(spec))
+
+    def forward(self, features: torch.Tensor, **unused) -> torch.Tensor:
+        return head_logits(self.head, features)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return trainable_state(self)
+
+
+def new_head(spec, config) -> nn.Linear:
+    head = nn.Linear(config.get_text_config().hidden_size, 2)
+    # Zero init (std 0) starts every model at p = 0.5, so the first steps only see the labels.
+    nn.init.normal_(head.weight, std=spec.head_init_std)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def head_logits(head: nn.Linear, features: torch.Tensor) -> torch.Tensor:
+    # The head and its logits in the head's own precision (float32 unless the whole model was
+    # cast): under mixed precision autocast would otherwise run them in bf16.
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        return head(features.to(head.weight.dtype))
+
+
+def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    names = {n for n, p in module.named_parameters() if p.requires_grad}
+    return {n: t.detach().cpu() for n, t in module.state_dict().items() if n in names}
 
 
 def apply_lora(backbone: nn.Module, lora) -> nn.Module:

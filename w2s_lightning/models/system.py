@@ -17,12 +17,14 @@ from w2s_lightning.errors import ConfigError, TrainingDiverged
 from w2s_lightning.losses import Loss
 from w2s_lightning.metrics import binary_metrics
 from w2s_lightning.models.backbone import load_config
-from w2s_lightning.models.classifier import Classifier, Encoder, resolve_pooling
+from w2s_lightning.models.classifier import Classifier, Encoder, ProbeHead, resolve_pooling
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "features")
 
 
 class ClassifierSystem(L.LightningModule):
+    predict_features = False  # its passes predict probabilities; FeatureSystem's compute features
+
     def __init__(
         self,
         spec,
@@ -45,16 +47,20 @@ class ClassifierSystem(L.LightningModule):
         # `defer`: built in configure_model, inside the strategy's context (DeepSpeed stage 3
         # partitions each weight as it is created). Otherwise here, right after the stage seeds the
         # generators, so a run draws the same initial weights whatever happens before fit.
-        self.model = None if defer else Classifier(self.spec)
+        self.model = None if defer else self.build()
         self.loss, self.optimizer_factory = loss, optimizer
         self.warmup_ratio, self.grad_clip, self.stage, self.slot = warmup_ratio, grad_clip, stage, slot
         self.micro_batch_size = self.spec.micro_batch_size or self.spec.batch_size
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.predict_features = False
+
+    def build(self) -> Classifier | ProbeHead:
+        """A linear probe trains its head on features computed before (FeatureSystem); anything
+        else trains its whole classifier on token ids."""
+        return ProbeHead(self.spec) if self.spec.linear_probe else Classifier(self.spec)
 
     def configure_model(self) -> None:
         if self.model is None:  # Lightning calls this again for predict after fit
-            self.model = Classifier(self.spec)
+            self.model = self.build()
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
@@ -185,9 +191,7 @@ class ClassifierSystem(L.LightningModule):
         self.log_dict({f"{self.stage}/val/{k}": v for k, v in metrics.items()})
 
     def predict_step(self, batch: dict, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """p(label = 1) per example, or with `predict_features` the pooled features."""
-        if self.predict_features:
-            return batch["index"], self.model.pooled(batch["input_ids"], batch["attention_mask"]).float()
+        """p(label = 1) per example."""
         return batch["index"], self(batch).float().softmax(-1)[:, 1]
 
     def configure_optimizers(self):
@@ -207,17 +211,24 @@ class ClassifierSystem(L.LightningModule):
 
 
 class FeatureSystem(L.LightningModule):
-    """A frozen encoder that predicts each text's pooled features, a linear probe's inputs, with
-    the very computation `ClassifierSystem` runs for them, but no head: building it draws nothing
-    from the random generators when the backbone's weights are loaded, so it may be built while
-    another stage trains (`w2s_lightning/prefetch.py`)."""
+    """A frozen encoder that predicts each text's pooled features: a linear probe's inputs, which
+    its stage's `ProbeHead` trains on. It holds no head, so building it draws nothing from the
+    random generators when the backbone's weights are loaded, and it may be built while another
+    stage trains (`w2s_lightning/prefetch.py`)."""
 
     predict_features = True  # the console names its passes "features"
 
-    def __init__(self, spec):
+    def __init__(self, spec, defer: bool = False):
         super().__init__()
-        self.model = Encoder(spec).requires_grad_(False)
-        self.pooling = self.model.pooling
+        self.spec = spec
+        self.model = None if defer else self.build()  # `defer`: as ClassifierSystem's
+
+    def build(self) -> Encoder:
+        return Encoder(self.spec).requires_grad_(False)
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = self.build()
 
     def predict_step(self, batch: dict, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         return batch["index"], self.model.pooled(batch["input_ids"], batch["attention_mask"]).float()
