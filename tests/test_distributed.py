@@ -202,14 +202,16 @@ def test_sharding_strategies_and_their_subclasses_build_the_model_in_configure_m
     assert not sharded(SimpleNamespace(strategy=DDPStrategy()))
 
 
-def test_train_py_runs_the_recipe_in_two_processes(tmp_path):
+@pytest.mark.parametrize("probe", [False, True], ids=["finetuned", "linear-probe"])
+def test_train_py_runs_the_recipe_in_two_processes(tmp_path, probe):
     """`python train.py trainer=ddp_cpu`: Lightning starts the second rank by running the same command
-    again; every stage trains in both, rank 0 alone writes the cache and the run's files."""
+    again; every stage trains in both, rank 0 alone writes the cache and the run's files. A linear
+    probe's features come from each rank's share on a trainer of their own, gathered."""
     from .helpers import TINY
 
     env = {**os.environ, "W2S_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "train.py", *TINY, "trainer=ddp_cpu"]
+    cmd = [sys.executable, "train.py", *TINY, "trainer=ddp_cpu", *(["strong_model.linear_probe=true"] if probe else [])]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     [results] = (tmp_path / "outputs").rglob("results.json")
@@ -220,6 +222,8 @@ def test_train_py_runs_the_recipe_in_two_processes(tmp_path):
         assert len([p for p in (cache / stage).iterdir() if p.is_dir()]) == 1, stage
     assert not list(cache.rglob(".*tmp-*")), "a temporary was left in the cache"
     assert done.stdout.count("weak     epoch 1/1") == 1  # one copy of each line, from rank 0
+    if probe:  # B, validation and test, once each, for the ceiling and the student
+        assert len([p for p in (cache / "features").iterdir() if p.is_dir()]) == 3
 
 
 def test_fsdp_keeps_lora_and_gradient_checkpointing_working(tmp_path):

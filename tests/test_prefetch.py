@@ -16,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from w2s_lightning import prefetch, threads
+from w2s_lightning import prefetch, stages, threads
 from w2s_lightning.cache import StageCache
 from w2s_lightning.checks import check_config
 from w2s_lightning.data.splits import make_splits
@@ -202,13 +202,16 @@ def two_cores(monkeypatch):
     monkeypatch.setattr(prefetch, "process_cores", lambda: 2)
 
 
+ON = -1  # stands for "on": the thread count of the caller
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ((), 1),  # a small weak model on a CPU, a core to spare: every core but one
+        ((), ON),  # a small weak model on a CPU, a core to spare
         (("prefetch_features=false",), 0),
         (("trainer.accelerator=gpu",), 0),  # auto stays off on accelerators
-        (("trainer.accelerator=gpu", "prefetch_features=true"), 1),
+        (("trainer.accelerator=gpu", "prefetch_features=true"), ON),
         (("threads=2",), 0),
         (("weak_model=minilm_l6",), 0),  # a weak model that takes every core itself
         (("strong_model.linear_probe=false",), 0),  # nothing to prefetch
@@ -217,15 +220,35 @@ def two_cores(monkeypatch):
 )
 def test_when_the_features_are_prefetched(tmp_path, saved_gpt2, two_cores, overrides, expected):
     cfg = compose_cfg(tmp_path, *loaded_probe(saved_gpt2), *overrides)
-    assert prefetch.spare_threads(cfg, cfg.strong_model) == expected
+    expected = torch.get_num_threads() if expected == ON else expected
+    assert prefetch.prefetch_threads(cfg, cfg.strong_model) == expected
 
 
 def test_auto_needs_a_core_to_spare(tmp_path, saved_gpt2, monkeypatch):
     monkeypatch.setattr(prefetch, "process_cores", lambda: 1)
     cfg = compose_cfg(tmp_path, *loaded_probe(saved_gpt2))
-    assert prefetch.spare_threads(cfg, cfg.strong_model) == 0
+    assert prefetch.prefetch_threads(cfg, cfg.strong_model) == 0
     cfg.prefetch_features = True
-    assert prefetch.spare_threads(cfg, cfg.strong_model) == 1
+    assert prefetch.prefetch_threads(cfg, cfg.strong_model) == torch.get_num_threads()
+
+
+def test_the_background_extracts_on_the_threads_the_stage_would(tmp_path, saved_gpt2, monkeypatch):
+    """The same kernels on the same thread count: the same bits for every model."""
+    seen = {}
+    real = stages.run_predict
+
+    def spy(trainer, system, *args, **kwargs):
+        seen.setdefault(threading.current_thread().name.startswith("w2s-features"), set()).add(torch.get_num_threads())
+        return real(trainer, system, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "run_predict", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run(compose_cfg(tmp_path, *loaded_probe(saved_gpt2, "prefetch_features=true")))
+    finally:
+        torch.set_num_threads(before)
+    assert seen[True] == {2} and 2 in seen[False]  # background (features) and the stages' own passes
 
 
 @pytest.mark.parametrize(("ceiling_split", "ahead"), [("b", ["test", "val"]), ("a", ["b", "test", "val"])])

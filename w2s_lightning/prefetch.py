@@ -8,13 +8,15 @@ the stages reading them look up (`stages.Inputs.features`), and a stage takes ea
 there, waiting for it if it is not finished yet (`StageCache.start`).
 
 The thread computes every split the strong model reads except the one the ceiling trains on,
-which is needed the moment the weak stage ends; that one the ceiling computes itself, with every
-core. The schedule is fixed, so each split is always computed on the same number of threads.
+which is needed the moment the weak stage ends; that one the ceiling computes itself.
 
-Nothing a stage computes changes. A frozen encoder with loaded weights draws nothing from the
-random generators when it is built, and feature extraction draws from a generator of its own, so
-the weak stage's draws are the ones it makes alone (tests/test_prefetch.py compares whole runs
-with and without). An encoder with random weights is drawn from the seeded generator, so its
+Nothing a stage computes changes. The thread extracts on the number of torch threads the stage
+would (`threads`), so each feature comes out of the same kernels bit for bit, also for models
+whose reductions round differently on fewer threads (SmolLM2's do); while the weak stage runs,
+the two share the cores. A frozen encoder with loaded weights draws nothing from the random
+generators when it is built, and feature extraction draws from a generator of its own, so the
+weak stage's draws are the ones it makes alone (tests/test_prefetch.py compares whole runs with
+and without). An encoder with random weights is drawn from the seeded generator, so its
 features are left to the stage. Never under data parallelism, whose collectives the thread's
 would interleave with. A run that fails or is interrupted stops the thread at its next batch
 (`Abandon`), leaving nothing half-made in the cache."""
@@ -56,22 +58,22 @@ class Abandon(L.Callback):
             raise Abandoned("the run this background pass served has stopped")
 
 
-def spare_threads(cfg, spec) -> int:
-    """Threads for the background features of strong model `spec`; 0 for no background work.
-    `auto`: on a CPU, with `threads: auto`, a small weak model (it trains on one thread) and a
-    core to spare, the thread gets every core but one. `true` forces it wherever it is safe."""
+def prefetch_threads(cfg, spec) -> int:
+    """The torch threads the background starts with for strong model `spec` (this thread's count,
+    from which `use_threads` makes the stage's choice); 0 for no background work. `auto`: on a CPU,
+    with `threads: auto`, a small weak model (it trains on one thread) and a core to spare. `true`
+    forces it wherever it is safe."""
     setting = cfg.get("prefetch_features", AUTO)  # checks.py vetted it
     if setting is False or not spec.linear_probe or random_weights(spec) or distributed.world_size() > 1:
         return 0
-    cores = process_cores()
     if setting == AUTO and (
         cfg.trainer.accelerator != "cpu"
         or cfg.get("threads", AUTO) != AUTO
         or work_of(cfg.weak_model) != SMALL
-        or cores < 2
+        or process_cores() < 2
     ):
         return 0
-    return max(1, cores - 1)
+    return torch.get_num_threads()
 
 
 def splits_ahead(cfg) -> list[str]:
@@ -85,7 +87,7 @@ def splits_ahead(cfg) -> list[str]:
 def prefetch_features(exp, start):
     """Within the block, the strong model (where `start` points) has its features of
     `splits_ahead` computed on a background thread; the block waits for that thread at its end."""
-    threads = spare_threads(exp.cfg, start.spec)
+    threads = prefetch_threads(exp.cfg, start.spec)
     if not threads:
         yield
         return
@@ -93,7 +95,7 @@ def prefetch_features(exp, start):
     # Lines, never a live bar: the weak stage may be drawing its own.
     lines = [EpochLines(STAGE)] if exp.cfg.trainer.get("enable_progress_bar", True) else []
     inputs = frozen_inputs(exp, start.spec, STAGE, [*lines, Abandon(stop)])
-    # torch's thread count is per thread: this one's stays with the worker.
+    # torch's thread count is per thread; a new one starts from the process's default, not ours.
     executor = ThreadPoolExecutor(1, "w2s-features", initializer=torch.set_num_threads, initargs=(threads,))
     log.debug("features of %s on %d background threads", start.spec.name, threads)
     try:

@@ -179,8 +179,8 @@ class Inputs:
 
     def feature_job(self, encoded) -> Callable[[Path], dict]:
         """The cache's `compute` for the features of `encoded`. The loader draws from a generator of
-        its own: computed, read from the cache or prefetched, features leave the global ones as
-        they were, and so every later random draw of the stage."""
+        its own, so features of a loaded backbone, computed, read from the cache or prefetched,
+        leave the global generators as they were, and every later draw of the stage with them."""
 
         def compute(workdir: Path) -> dict:
             with use_threads(self.cfg.get("threads", AUTO), LARGE):  # a backbone over many texts splits well

@@ -16,8 +16,7 @@ from w2s_lightning import distributed
 from w2s_lightning.errors import ConfigError, TrainingDiverged
 from w2s_lightning.losses import Loss
 from w2s_lightning.metrics import binary_metrics
-from w2s_lightning.models.backbone import load_config
-from w2s_lightning.models.classifier import Classifier, Encoder, ProbeHead, resolve_pooling
+from w2s_lightning.models.classifier import Classifier, Encoder, ProbeHead
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "features")
 
@@ -43,7 +42,6 @@ class ClassifierSystem(L.LightningModule):
         spec_dict = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
         self.save_hyperparameters({"spec": spec_dict, "warmup_ratio": warmup_ratio, "grad_clip": grad_clip})
         self.spec = OmegaConf.create(spec_dict)
-        self.pooling = resolve_pooling(self.spec, load_config(self.spec))  # known before the model is built
         # `defer`: built in configure_model, inside the strategy's context (DeepSpeed stage 3
         # partitions each weight as it is created). Otherwise here, right after the stage seeds the
         # generators, so a run draws the same initial weights whatever happens before fit.
