@@ -4,9 +4,11 @@ errors reach the stage that needs its work, no draw from the global generators, 
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -132,6 +134,25 @@ def test_a_failed_run_stops_the_background_at_its_next_batch(tmp_path, saved_gpt
     left = [p.name for p in Path(cfg.paths.cache_dir).glob("features/*") if p.is_dir()]
     assert not left  # no entry, not even a temporary (the lock's file stays, free, as every lock's does)
     assert not [t for t in threading.enumerate() if t.name.startswith("w2s-features")]
+
+
+def test_every_encoder_is_let_go_once_its_features_are_done(tmp_path, saved_gpt2, monkeypatch):
+    """Two copies of a large backbone (the background's and the ceiling's) must not outlive their
+    work: each is freed when its last feature is computed, not when the collector next runs."""
+    built, real_build = [], FeatureSystem.build
+
+    def build(self):
+        encoder = real_build(self)
+        built.append(weakref.ref(encoder))
+        return encoder
+
+    monkeypatch.setattr(FeatureSystem, "build", build)
+    gc.disable()
+    try:
+        run(compose_cfg(tmp_path, *loaded_probe(saved_gpt2, "prefetch_features=true")))
+        assert len(built) == 2 and all(ref() is None for ref in built)  # the background's and the ceiling's
+    finally:
+        gc.enable()
 
 
 def test_features_draw_nothing_from_the_global_generators(tmp_path, saved_gpt2):

@@ -140,6 +140,13 @@ class Inputs:
             L.seed_everything(self.cfg.seed, workers=True)
         return FeatureSystem(self.spec, defer=sharded(self.trainer))
 
+    def release(self) -> None:
+        """Let the encoder go (it is built again if another feature is missing). Its trainer and it
+        refer to each other, so without this the weights would wait for the garbage collector."""
+        if (system := self.__dict__.pop("system", None)) is not None:
+            system.model = None
+        self.__dict__.pop("trainer", None)
+
     def encode(self, frame: pd.DataFrame, split: str, targets=None):
         """Token ids of `frame`'s texts, fitted to max_length. Training and validation targets are
         labels a cut could erase (data/batches.encode); predicted sets have none."""
@@ -278,6 +285,7 @@ def fit_predict(
             )
         pd.DataFrame({"id": frame["id"], "prob": probs}).to_parquet(workdir / f"{name}.parquet")
     record["predict_seconds"] = time.perf_counter() - start
+    inputs.release()
     record["truncated"] = inputs.truncated
     record.update(peak_memory())
     if cfg.save_weights:

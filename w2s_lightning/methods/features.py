@@ -38,6 +38,7 @@ def strong_features(exp: Experiment, spec, splits: tuple[str, ...]) -> tuple[dic
     for split in splits:
         frame = exp.unlabelled(split)
         features[split] = inputs.features(frame, inputs.encode(frame, split)).float()
+    inputs.release()
     return features, inputs.feature_entries
 
 
