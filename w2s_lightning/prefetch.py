@@ -104,7 +104,6 @@ def prefetch_features(exp, start):
             job = inputs.feature_job(inputs.encode(frame, split))
             exp.cache.start("features", inputs.feature_key(frame), job, executor)
         executor.submit(inputs.release)  # the encoder's memory goes once its last split is done
-        del inputs, job
         yield
     except BaseException:
         stop.set()  # the run failed or was interrupted: the pass under way ends at its next batch
