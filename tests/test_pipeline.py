@@ -193,10 +193,17 @@ def test_linear_probes_compute_each_models_features_once(make_cfg):
     assert {p: p.stat().st_mtime_ns for p in after} == stamps
 
 
-@pytest.mark.parametrize("kernel", ["strong_model.attn_implementation=eager", "strong_model.fused_activations=false"])
+@pytest.mark.parametrize(
+    "kernel",
+    [
+        "strong_model.attn_implementation=eager",
+        "strong_model.fused_activations=false",
+        "strong_model.eval_batch_size=7",
+    ],
+)
 def test_features_of_another_kernel_are_computed_not_read_from_the_cache(make_cfg, kernel):
-    """The strong model's kernels change its features' rounding: features cached under one
-    choice must never be read under the other."""
+    """The strong model's kernels, and the padding its batch size makes, change its features'
+    rounding: features cached under one choice must never be read under the other."""
     probe = "strong_model.linear_probe=true"
     first = make_cfg(probe, run="first")
     run(first)

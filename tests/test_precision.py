@@ -138,7 +138,7 @@ def test_a_run_keys_and_records_the_resolved_precision(tmp_path, monkeypatch, fl
     features = [p for stage, p in keys if stage == "features"]
     trained = [p for stage, p in keys if stage in ("weak", "ceiling", "student")]
     assert features and len(trained) == 3
-    assert {p["precision"] for p in features} == {expected}
+    assert {p["trainer"]["precision"] for p in features} == {expected}
     assert {p["trainer"]["precision"] for p in trained} == {expected}
     assert "auto" not in json.dumps(keys, default=str) and "${" not in json.dumps(keys, default=str)
     # Autocast ran exactly when bf16 was chosen, and the logits left the head in float32 either way.

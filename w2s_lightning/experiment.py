@@ -17,20 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from w2s_lightning.cache import StageCache, StageResult, stage_key
 from w2s_lightning.data.splits import Splits, aligned
 from w2s_lightning.loggers import close, stage_loggers
-from w2s_lightning.stages import fit_predict
+from w2s_lightning.stages import fit_predict, trainer_key
 
 log = logging.getLogger(__name__)
 
-# Trainer knobs that change how a run is watched, not what it computes.
-RUNTIME_ONLY_TRAINER_KEYS = {
-    "enable_progress_bar",
-    "enable_model_summary",
-    "log_every_n_steps",
-    "logger",
-    "default_root_dir",
-    "enable_checkpointing",
-    "callbacks",
-}
 # Keys that say where data is read from or describe a model, not what a stage computes: the
 # data itself is in every key as a fingerprint of the examples, so a moved or copied file keeps
 # its cache entries and an edited one misses them.
@@ -74,13 +64,12 @@ class Experiment:
         self.cache = StageCache(
             cfg.paths.cache_dir if enabled else out_dir / "stages", enabled, cfg.cache.force_retrain, cfg.cache.lock
         )
-        trainer = {k: v for k, v in plain(cfg.trainer).items() if k not in RUNTIME_ONLY_TRAINER_KEYS}
         self.common = {
             "dataset": key_view(cfg.dataset),
             "seed": cfg.seed,
             "train": plain(cfg.train),
             "optimizer": plain(cfg.optimizer),
-            "trainer": trainer,
+            "trainer": trainer_key(cfg),
         }
         self.tags = [
             f"weak:{cfg.weak_model.name}",

@@ -17,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import OmegaConf
 
 from w2s_lightning import distributed
 from w2s_lightning.cache import StageCache, stage_key
@@ -35,18 +36,46 @@ from w2s_lightning.threads import AUTO, LARGE, use_threads, work_of
 # swap the process's filters under a thread predicting beside it (prefetch.py).
 warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
 
-# The catalogue fields that determine a frozen backbone's pooled features.
-FEATURE_FIELDS = (
-    "pretrained",
-    "tokenizer",
-    "from_scratch",
-    "config_overrides",
-    "fused_activations",
-    "attn_implementation",
-    "pooling",
-    "max_length",
-    "dropout",
+# Catalogue fields that only the trained head reads. A frozen encoder's features are the same
+# whatever they say, so the features' key holds every other field, and any field a future entry
+# adds: a field wrongly left out would serve one model's features to another (a Pythia checkpoint
+# the final model's, say), one wrongly kept in costs only a recomputation.
+HEAD_ONLY_FIELDS = frozenset(
+    {"name", "size", "lr", "batch_size", "micro_batch_size", "head_init_std", "linear_probe", "lora"}
+    | {"gradient_checkpointing", "notes"}
 )
+# Trainer knobs that change how a run is watched, not what it computes.
+RUNTIME_ONLY_TRAINER_KEYS = frozenset(
+    {"enable_progress_bar", "enable_model_summary", "log_every_n_steps", "logger", "default_root_dir"}
+    | {"enable_checkpointing", "callbacks"}
+)
+
+
+def trainer_key(cfg) -> dict:
+    """The trainer settings in a stage's key: the device, precision and strategy decide a stage's
+    kernels, and with them how its numbers round."""
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return {k: v for k, v in trainer.items() if k not in RUNTIME_ONLY_TRAINER_KEYS}
+
+
+def feature_key(cfg, spec, frame: pd.DataFrame, cache: StageCache | None = None) -> str:
+    """The cache key of `spec`'s frozen features of `frame`'s texts under `cfg`'s trainer. The
+    batch size is in it: a batch is padded to its longest text, and in reduced precision the
+    padding's length changes how a text's features round."""
+    model = {k: v for k, v in OmegaConf.to_container(spec, resolve=True).items() if k not in HEAD_ONLY_FIELDS}
+    if cache is not None:  # a backbone finetuned into the cache is named relative to it
+        model["pretrained"] = cache.portable(model["pretrained"])
+    # What the backbone reads: the texts and how they may be cut, not their ids or labels.
+    digest = fingerprint(frame.drop(columns=["id", "label", "group"], errors="ignore"))
+    return stage_key(
+        "features",
+        {
+            "model": model,
+            "texts": digest,
+            "trainer": trainer_key(cfg),
+            "seed": cfg.seed if random_weights(spec) else None,
+        },
+    )
 
 
 def make_trainer(cfg, **kwargs) -> L.Trainer:
@@ -169,20 +198,7 @@ class Inputs:
         return torch.load(result.path / "features.pt")
 
     def feature_key(self, frame: pd.DataFrame) -> str:
-        model = {k: self.spec[k] for k in FEATURE_FIELDS}
-        if self.cache is not None:  # a backbone finetuned into the cache is named relative to it
-            model["pretrained"] = self.cache.portable(model["pretrained"])
-        # What the backbone reads: the texts and how they may be cut, not their ids or labels.
-        digest = fingerprint(frame.drop(columns=["id", "label", "group"], errors="ignore"))
-        return stage_key(
-            "features",
-            {
-                "model": model,
-                "texts": digest,
-                "precision": str(self.cfg.trainer.precision),
-                "seed": self.cfg.seed if random_weights(self.spec) else None,
-            },
-        )
+        return feature_key(self.cfg, self.spec, frame, self.cache)
 
     def feature_job(self, encoded) -> Callable[[Path], dict]:
         """The cache's `compute` for the features of `encoded`. The loader draws from a generator of
