@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from w2s_lightning.cache import StageCache, StageResult, stage_key
 from w2s_lightning.data.splits import Splits, aligned
 from w2s_lightning.loggers import close, stage_loggers
+from w2s_lightning.models.identity import weights_identity
 from w2s_lightning.stages import fit_predict, trainer_key
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class Experiment:
         trains on, the loss); `reads` names the splits whose data it reads."""
         model = key_view(spec)
         model["pretrained"] = self.cache.portable(model["pretrained"])  # a backbone finetuned into the cache
+        model["weights"] = weights_identity(spec, self.cache)  # a folder finetuned into again keeps its path
         payload = {
             **self.common,
             "model": model,

@@ -37,6 +37,7 @@ from w2s_lightning.cache import RECORD, StageCache, check, sha256, stage_key
 from w2s_lightning.config import CONF_DIR, flat_config
 from w2s_lightning.data.inputs import files_read
 from w2s_lightning.errors import DatasetError
+from w2s_lightning.models.identity import source_identity
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ NOT_IN_KEY = {
 # the stage keys leave it out: a copy of the same file elsewhere still answers.
 DATA_KEY = "dataset"
 DATA_LOCATIONS = {"path", "test_path", "local_path"}
+# Catalogue fields that name where a model's weights and tokenizer come from.
+SOURCE_KEYS = {"pretrained", "tokenizer"}
 # Libraries whose version may change a number a cached rerun recomputes (metrics, refined labels).
 LIBRARIES = ("numpy", "pandas", "pyarrow", "torch", "lightning", "transformers")
 
@@ -122,9 +125,11 @@ def record_key(cfg) -> str:
     """Everything a cached rerun's results.json depends on, except the data and the entries,
     which `decide` checks one by one."""
     view = {k: plain(cfg[k]) for k in cfg if k not in NOT_IN_KEY}
-    files = named_files({k: v for k, v in view.items() if k != DATA_KEY})
+    named = {k: v for k, v in view.items() if k != DATA_KEY}
+    files, sources = named_files(named), named_sources(named)
     view[DATA_KEY] = without(view[DATA_KEY], DATA_LOCATIONS)
-    return stage_key(STAGE, {"config": view, "files": files, "code": code_digest(), "libraries": library_versions()})
+    payload = {"config": view, "files": files, "code": code_digest(), "libraries": library_versions()}
+    return stage_key(STAGE, {**payload, "sources": sources})
 
 
 def plain(node):
@@ -138,24 +143,36 @@ def without(node, keys: set[str]):
     return node
 
 
+def strings(node, key: str | None = None):
+    """(key, value) for every non-empty string in a config tree; a list's items take its key."""
+    if isinstance(node, dict):
+        for k, value in node.items():
+            yield from strings(value, k)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value, key)
+    elif isinstance(node, str) and node:
+        yield key, node
+
+
 def named_files(node) -> dict[str, str]:
     """sha256 of every existing file a config value names (a weak-labels file, say): the run read
     it, and an edited copy at the same path must miss."""
     found = {}
-    if isinstance(node, dict):
-        for value in node.values():
-            found.update(named_files(value))
-    elif isinstance(node, list):
-        for value in node:
-            found.update(named_files(value))
-    elif isinstance(node, str) and node:
+    for _, value in strings(node):
         try:
-            path = Path(node).expanduser()
+            path = Path(value).expanduser()
             if path.is_file():
-                found[node] = sha256(path)
+                found[value] = sha256(path)
         except (OSError, ValueError):  # not a path at all
             pass
     return found
+
+
+def named_sources(node) -> dict[str, str | None]:
+    """The identity of every model source the config names (a strong model's weights finetuned
+    again into the same folder must miss; models/identity.py)."""
+    return {value: source_identity(value) for key, value in strings(node) if key in SOURCE_KEYS}
 
 
 @functools.cache

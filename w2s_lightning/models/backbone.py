@@ -16,9 +16,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
 from w2s_lightning.errors import ModelLoadError
 from w2s_lightning.models import convert
+from w2s_lightning.models.identity import MODEL_TYPE_PREFIX, PKG_PREFIX, package_of
 
-PKG_PREFIX = "pkg://"
-MODEL_TYPE_PREFIX = "model_type:"
 DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_prob")
 # Activations that transformers writes as several elementwise Python ops, and torch's single
 # kernel of the same function (tests/test_models.py checks each pair agrees to float32 rounding).
@@ -41,7 +40,7 @@ def resolve_source(source: str) -> str:
         if not path.exists():
             return source
     else:
-        module, _, subdir = source[len(PKG_PREFIX) :].partition("/")
+        module, subdir = package_of(source)
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.submodule_search_locations:
             dist = module.replace("_", "-")
