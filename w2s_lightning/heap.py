@@ -18,9 +18,9 @@ objects are frozen (a sweep's jobs in one process free theirs as usual).
 By default glibc gives each block over a threshold (128 KiB at first, rising with use to 32 MiB)
 its own fresh pages from the kernel and hands them back when it is freed, and returns free
 memory at the top of a heap beyond a trim threshold: the next batch's tensors of the same shapes
-fault every page in again, zeroed by the kernel. On the embedded default that was 1.4 million
-page faults and 3.5 s of system time; with the thresholds set it is about 0.9 million and 2.5 s,
-and the run about 1.5 s faster (bench/README.md). Freed memory stays with the process until it
+fault every page in again, zeroed by the kernel. On the embedded default that was 1.3–1.5 million
+page faults and 3.5 s of system time; with the thresholds set it is 0.9–1.0 million and 2.7 s, and
+the run about 1 s faster (README.md, "Speed goals"). Freed memory stays with the process until it
 ends, so its resident size falls less between stages; its peak is the same."""
 
 from __future__ import annotations
