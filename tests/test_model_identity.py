@@ -96,3 +96,26 @@ def test_a_backbone_inside_the_cache_is_named_by_its_entry(tmp_path):
     spec = SimpleNamespace(pretrained=str(inside), tokenizer=None)
     assert weights_identity(spec, cache) == {"pretrained": None, "tokenizer": None}
     assert weights_identity(spec)["pretrained"] is not None
+
+
+def test_the_strong_models_own_stages_follow_a_rewritten_folder(tmp_path, saved_gpt2):
+    """Zero-shot labels and generative finetuning read the strong model's weights too."""
+    from hydra.utils import instantiate
+
+    from w2s_lightning.data.splits import make_splits
+    from w2s_lightning.experiment import Experiment
+    from w2s_lightning.methods.generative import GenerativeFinetuning
+    from w2s_lightning.methods.zero_shot import ZeroShot
+
+    folder = tmp_path / "model"
+    shutil.copytree(saved_gpt2, folder)
+    cfg = compose_cfg(tmp_path, "strong_model=tiny_gpt2", f"strong_model.pretrained={folder}")
+    splits = make_splits(instantiate(cfg.dataset.loader, _partial_=True)(), cfg.dataset, cfg.seed)
+    exp = Experiment(cfg, splits, tmp_path / "run", "xent")
+    pretrain = GenerativeFinetuning(lr=1e-3, max_length=16)
+    labels, start = ZeroShot()(exp), pretrain(exp)
+    assert ZeroShot()(exp).stages[0].cached and pretrain(exp).key == start.key
+    rewrite(folder, seed=1)
+    again = ZeroShot()(exp)
+    assert not again.stages[0].cached and again.key != labels.key
+    assert pretrain(exp).key != start.key

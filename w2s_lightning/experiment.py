@@ -88,6 +88,14 @@ class Experiment:
         """Ground truth of a split whose labels a stage may train on (A, or B for the ceiling)."""
         return getattr(self.splits, split)["label"].to_numpy(float)
 
+    def model_key(self, spec) -> dict:
+        """A catalogue entry as the keys of what it computes name it: its fields, and the weights
+        its sources hold (a folder finetuned into again keeps its path; models/identity.py)."""
+        model = key_view(spec)
+        model["pretrained"] = self.cache.portable(model["pretrained"])  # a backbone finetuned into the cache
+        model["weights"] = weights_identity(spec, self.cache)
+        return model
+
     def stage(
         self,
         stage: str,
@@ -108,12 +116,9 @@ class Experiment:
         (validation, `val_targets`), predict every frame of `predict`; or read all of it from the
         cache. `key_extra` names whatever else determines the result (the keys of the labels it
         trains on, the loss); `reads` names the splits whose data it reads."""
-        model = key_view(spec)
-        model["pretrained"] = self.cache.portable(model["pretrained"])  # a backbone finetuned into the cache
-        model["weights"] = weights_identity(spec, self.cache)  # a folder finetuned into again keeps its path
         payload = {
             **self.common,
-            "model": model,
+            "model": self.model_key(spec),
             "data": self.splits.fingerprints(*reads),
             "predicts": sorted(predict),
             "epochs": epochs,

@@ -27,10 +27,11 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollato
 
 from w2s_lightning.cache import stage_key
 from w2s_lightning.errors import ConfigError, TrainingDiverged
-from w2s_lightning.experiment import Experiment, key_view, plain
+from w2s_lightning.experiment import Experiment, plain
 from w2s_lightning.methods import Method, Start
 from w2s_lightning.models.backbone import load_config, load_tokenizer, random_weights, resolve_source
 from w2s_lightning.models.classifier import is_decoder
+from w2s_lightning.stages import trainer_key
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,13 @@ class GenerativeFinetuning(Method):
         key = stage_key(
             "pretrain",
             {
-                "model": key_view(spec),
+                "model": exp.model_key(spec),
                 **self.key,
                 "seed": cfg.seed,
                 "data": exp.splits.fingerprints(*SPLITS),
                 "optimizer": plain(cfg.optimizer),
                 "grad_clip": cfg.train.grad_clip,
-                "precision": str(cfg.trainer.precision),
+                "trainer": trainer_key(cfg),
             },
         )
         try:

@@ -29,11 +29,12 @@ from transformers import AutoModelForCausalLM
 from w2s_lightning.cache import stage_key
 from w2s_lightning.data.batches import encode
 from w2s_lightning.errors import ConfigError, TrainingDiverged
-from w2s_lightning.experiment import Experiment, Labels, key_view
+from w2s_lightning.experiment import Experiment, Labels
 from w2s_lightning.methods import Method
 from w2s_lightning.methods.generative import load_with_head
 from w2s_lightning.models.backbone import load_backbone, load_config, load_tokenizer, random_weights
 from w2s_lightning.models.classifier import is_decoder, pool, resolve_pooling
+from w2s_lightning.stages import trainer_key
 
 MODES = ("auto", "lm", "similarity")
 PREDICTS = ("b", "val", "test")
@@ -98,11 +99,11 @@ class ZeroShot(Method):
     def __call__(self, exp: Experiment) -> Labels:
         spec, cfg = exp.cfg.strong_model, exp.cfg
         payload = {
-            "model": key_view(spec),
+            "model": exp.model_key(spec),
             **self.key,
             "data": exp.splits.fingerprints(*PREDICTS),
             "seed": cfg.seed if random_weights(spec) else None,  # only random weights depend on it
-            "precision": str(cfg.trainer.precision),
+            "trainer": trainer_key(cfg),
         }
         key = stage_key("zero_shot", payload)
         try:
