@@ -72,6 +72,10 @@ def test_a_folder_is_named_by_its_files_sizes_and_times(tmp_path):
     assert source_identity(str(folder)) == stamp
     os.utime(folder / "model.safetensors", ns=(1, 1))  # rewritten: same size, another time
     assert source_identity(str(folder)) != stamp
+    stamp = source_identity(str(folder))
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "download.metadata").write_text("fetched again")  # hidden: never weights
+    assert source_identity(str(folder)) == stamp
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)  # copytree keeps the times: same files, same stamp
     assert source_identity(str(copy)) == source_identity(str(folder))

@@ -4,7 +4,7 @@ A hub id names its weights with its `revision` (a branch such as main may move o
 `revision` pins them). A folder or file on disk does not: finetuning again into the same folder
 keeps its path, and a key holding only the path would serve results computed with the old
 weights. Such a source is named by the relative path, size and modification time of every file
-in it: rewriting a file changes its time, copying the folder elsewhere changes its path (both
+in it (hidden ones aside): rewriting a file changes its time, copying the folder elsewhere changes its path (both
 only cost a recomputation). Reading sizes and times costs a stat per file, never reading the
 weights, so a cached rerun of a 70B model stays fast. Weights that a pip package ships are named
 by the package's version.
@@ -29,26 +29,30 @@ def package_of(source: str) -> tuple[str, str]:
 
 def package_version(module: str) -> str | None:
     """The installed version of the distribution that ships `module`; None where it is not installed."""
-    for name in (module.replace("_", "-"), module, None):
-        if name is None:  # the distribution has another name: ask every installed one (slower)
-            names = importlib.metadata.packages_distributions().get(module) or [None]
-            name = names[0]
-            if name is None:
-                return None
+    for name in (module.replace("_", "-"), module):
         try:
             return f"{name}=={importlib.metadata.version(name)}"
         except importlib.metadata.PackageNotFoundError:
-            continue
+            pass
+    for name in importlib.metadata.packages_distributions().get(module, []):  # another name: ask them all
+        return f"{name}=={importlib.metadata.version(name)}"
     return None
 
 
 def files_stamp(path: Path) -> str:
-    """A digest of the relative path, size and modification time of every file at `path`."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    """A digest of the relative path, size and modification time of every file at `path`, hidden
+    ones aside (a `.git` folder's index, a download tool's metadata: never weights)."""
+    if path.is_file():
+        files = {path.name: path}
+    else:
+        files = {
+            f.relative_to(path).as_posix(): f
+            for f in path.rglob("*")
+            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
+        }
     digest = hashlib.sha256()
-    for file in files:
-        stat = file.stat()  # through a link (a hub snapshot's files are links to its blobs)
-        name = file.relative_to(path).as_posix() if file != path else path.name
+    for name in sorted(files):
+        stat = files[name].stat()  # through a link (a hub snapshot's files are links to its blobs)
         digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
