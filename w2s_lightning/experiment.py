@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from w2s_lightning.cache import StageCache, StageResult, stage_key
 from w2s_lightning.data.splits import Splits, aligned
 from w2s_lightning.loggers import close, stage_loggers
-from w2s_lightning.models.identity import weights_identity
+from w2s_lightning.models.identity import source_fields
 from w2s_lightning.stages import fit_predict, trainer_key
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,7 @@ class Experiment:
     def model_key(self, spec) -> dict:
         """A catalogue entry as the keys of what it computes name it: its fields, and the weights
         its sources hold (a folder finetuned into again keeps its path; models/identity.py)."""
-        model = key_view(spec)
-        model["pretrained"] = self.cache.portable(model["pretrained"])  # a backbone finetuned into the cache
-        model["weights"] = weights_identity(spec, self.cache)
-        return model
+        return {**key_view(spec), **source_fields(spec, self.cache)}
 
     def stage(
         self,

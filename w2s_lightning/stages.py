@@ -27,7 +27,7 @@ from w2s_lightning.errors import TrainingDiverged
 from w2s_lightning.losses import Loss
 from w2s_lightning.models.backbone import load_config, load_tokenizer, random_weights
 from w2s_lightning.models.classifier import Encoder, ProbeHead, resolve_pooling
-from w2s_lightning.models.identity import weights_identity
+from w2s_lightning.models.identity import source_fields
 from w2s_lightning.models.system import ClassifierSystem, FeatureSystem, configure_deepspeed_clip
 from w2s_lightning.progress import stage_callbacks
 from w2s_lightning.threads import AUTO, LARGE, use_threads, work_of
@@ -64,9 +64,7 @@ def feature_key(cfg, spec, frame: pd.DataFrame, cache: StageCache | None = None)
     batch size is in it: a batch is padded to its longest text, and in reduced precision the
     padding's length changes how a text's features round."""
     model = {k: v for k, v in OmegaConf.to_container(spec, resolve=True).items() if k not in HEAD_ONLY_FIELDS}
-    if cache is not None:  # a backbone finetuned into the cache is named relative to it
-        model["pretrained"] = cache.portable(model["pretrained"])
-    model["weights"] = weights_identity(spec, cache)
+    model.update(source_fields(spec, cache))
     # What the backbone reads: the texts and how they may be cut, not their ids or labels.
     digest = fingerprint(frame.drop(columns=["id", "label", "group"], errors="ignore"))
     return stage_key(

@@ -4,10 +4,10 @@ A hub id names its weights with its `revision` (a branch such as main may move o
 `revision` pins them). A folder or file on disk does not: finetuning again into the same folder
 keeps its path, and a key holding only the path would serve results computed with the old
 weights. Such a source is named by the relative path, size and modification time of every file
-in it (hidden ones aside): rewriting a file changes its time, copying the folder elsewhere changes its path (both
-only cost a recomputation). Reading sizes and times costs a stat per file, never reading the
-weights, so a cached rerun of a 70B model stays fast. Weights that a pip package ships are named
-by the package's version.
+in it (hidden ones aside): rewriting a file changes its time, copying the folder elsewhere
+changes its path (both only cost a recomputation). Reading sizes and times costs a stat per
+file, never reading the weights, so a cached rerun of a 70B model stays fast. Weights that a pip
+package ships are named by the package's version.
 
 Torch-free: the fully cached rerun (`replay.py`) keys its record with these too."""
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
 from pathlib import Path
 
 PKG_PREFIX = "pkg://"
@@ -41,15 +42,17 @@ def package_version(module: str) -> str | None:
 
 def files_stamp(path: Path) -> str:
     """A digest of the relative path, size and modification time of every file at `path`, hidden
-    ones aside (a `.git` folder's index, a download tool's metadata: never weights)."""
+    ones aside (a `.git` folder, a download tool's metadata: never weights, and never walked)."""
     if path.is_file():
         files = {path.name: path}
     else:
-        files = {
-            f.relative_to(path).as_posix(): f
-            for f in path.rglob("*")
-            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
-        }
+        files = {}
+        for folder, subfolders, names in os.walk(path, followlinks=True):
+            subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+            for name in names:
+                if not name.startswith("."):
+                    file = Path(folder) / name
+                    files[file.relative_to(path).as_posix()] = file
     digest = hashlib.sha256()
     for name in sorted(files):
         stat = files[name].stat()  # through a link (a hub snapshot's files are links to its blobs)
@@ -84,3 +87,10 @@ def weights_identity(spec, cache=None) -> dict[str, str | None]:
         return source_identity(source)
 
     return {"pretrained": identity(spec.pretrained), "tokenizer": identity(spec.tokenizer)}
+
+
+def source_fields(spec, cache=None) -> dict:
+    """What a key holds of where an entry's weights come from: `pretrained`, a backbone finetuned
+    into the cache named relative to it, and the weights its sources hold."""
+    pretrained = cache.portable(spec.pretrained) if cache is not None else spec.pretrained
+    return {"pretrained": pretrained, "weights": weights_identity(spec, cache)}
