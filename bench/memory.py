@@ -14,10 +14,11 @@ STAGES = ("weak", "ceiling", "student")
 MIB = 2**20
 
 
-def run_stages(stages: list[str], workdir: Path, threads: int, overrides: list[str]) -> dict:
-    """Run `stages` in order in one worker process: ({stage: record}, process wall s, process CPU s)."""
+def run_stages(stages: list[str], workdir: Path, threads: int, overrides: list[str], env: dict | None = None) -> dict:
+    """Run `stages` in order in one worker process (with `env` added to its environment):
+    ({stage: record}, process wall s, process CPU s)."""
     cmd = [sys.executable, "-m", "bench.stage_worker", ",".join(stages), str(workdir), str(threads), *overrides]
-    proc, wall, cpu = run_timed(cmd, cwd=ROOT, env=offline_env())
+    proc, wall, cpu = run_timed(cmd, cwd=ROOT, env={**offline_env(), **(env or {})})
     if proc.returncode != 0:
         raise RuntimeError(f"stage worker {stages} failed:\n{proc.stderr[-3000:]}")
     records = {stage: json.loads((workdir / f"{stage}.json").read_text()) for stage in stages}

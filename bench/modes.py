@@ -49,6 +49,8 @@ class Settings:
     probe_model: str = "minilm_l6_probe"
     probe_weak: str = "scratch_bert_1l"
     probe_data: list[str] = field(default_factory=list)
+    # torch.compile's section: the finetuning workload's data (the probe workload uses probe_data).
+    compile_data: list[str] = field(default_factory=list)
     # GPU MFU (cuda only): a 0.5B student in bf16 at a realistic sequence length.
     mfu_model: str = "qwen2_5_0_5b"
     mfu_length: int = 512
@@ -94,6 +96,9 @@ class Settings:
     def probe_overrides(self) -> list[str]:
         overrides = ["logger=none", f"strong_model={self.probe_model}", f"weak_model={self.probe_weak}"]
         return [*overrides, f"trainer={self.trainer}", *self.probe_data, *self.extra]
+
+    def compile_overrides(self) -> list[str]:
+        return self.base_overrides(self.compile_data)
 
     def mfu_overrides(self) -> list[str]:
         overrides = ["logger=none", f"strong_model={self.mfu_model}", f"trainer={self.trainer}"]
@@ -151,6 +156,7 @@ def settings_for(quick: bool, device: str, **choices) -> Settings:
             ],
             probe_weak="tiny_bert",
             probe_data=TINY_DATA,
+            compile_data=TINY_DATA,
             **tiny_sweep,
         )
     else:
@@ -173,6 +179,8 @@ def settings_for(quick: bool, device: str, **choices) -> Settings:
             peer_data=["dataset.n_weak=500", "dataset.n_strong=1000", "dataset.n_test=500"],
             # The embedded default as it runs: default data sizes and epochs.
             probe_data=[],
+            # One epoch over 1,000 examples of B: about 20 s of steps on 2 CPU cores.
+            compile_data=["dataset.n_strong=1000", "train.epochs=1"] if device == "cpu" else ["dataset.n_strong=4000"],
             **tiny_sweep,
         )
     for key, value in choices.items():

@@ -213,6 +213,25 @@ def mfu_lines(m: dict) -> list[str]:
     return lines
 
 
+def compile_lines(c: dict) -> list[str]:
+    lines = [
+        f"torch.compile: the ceiling stage in a fresh process, eager against compiled with inductor's cache empty "
+        f"and then filled, torch threads {c['threads']}, {c['repeats']} repeats (seconds, wall / CPU)"
+    ]
+    for label, w in (("probe path", c["probe"]), ("finetuning", c["finetune"])):
+        lines.append(f"  {label}: {w['model']} on {w['n_train']}")
+        for name in ("eager", "compiled_cold_cache", "compiled_warm_cache"):
+            row = w[name]
+            timed = [p for p in ("features", "train_steps") if f"{p}_seconds" in row]
+            phases = [f"{p} {row[f'{p}_seconds']['median']:.1f}" for p in timed]
+            ratio = f", {row['time_vs_eager']:.2f}× eager's time" if "time_vs_eager" in row else ""
+            lines.append(
+                f"    {name:20} process {fmt(row['process_seconds'])} / {fmt(row['process_cpu_seconds'])}"
+                f"{ratio}; {', '.join(phases)}"
+            )
+    return lines
+
+
 SECTIONS = {
     "overhead": overhead_lines,
     "padding": padding_lines,
@@ -222,6 +241,7 @@ SECTIONS = {
     "memory": memory_lines,
     "peer": peer_lines,
     "mfu": mfu_lines,
+    "compile": compile_lines,
 }
 
 

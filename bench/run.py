@@ -6,6 +6,7 @@ algorithm and against the machine's limit.
     python bench/run.py --sections peer --threads 1 # ours against openai/weak-to-strong only
     python bench/run.py --device cuda               # on a GPU: bf16-mixed, larger batches, MFU
     python bench/run.py --device cuda --model gpt2 --random-init   # any catalogue entry, offline
+    python bench/run.py --sections compile          # does torch.compile pay for itself? (~10 min on 2 cores)
 
 Writes bench/results/<device>[-quick].json (or --out) and prints a table. See bench/README.md."""
 
@@ -30,6 +31,7 @@ import torch
 import transformers
 
 from bench.common import ROOT, children_cpu, compose_cfg, load_average, quiet
+from bench.compile import measure_compile
 from bench.flops import dtype_of_precision
 from bench.limit import measure_peak, utilisation
 from bench.memory import measure_memory
@@ -43,7 +45,9 @@ from bench.sweep import measure_sweep
 from bench.throughput import measure_overhead
 
 # limit reads overhead's figures, mfu the limit's peak.
-SECTION_ORDER = ("padding", "overhead", "limit", "probe", "memory", "sweep", "peer", "mfu")
+SECTION_ORDER = ("padding", "overhead", "limit", "probe", "memory", "sweep", "peer", "mfu", "compile")
+# Run only when asked for: compiling costs minutes on a CPU, and the answer changes only with torch.
+ON_REQUEST = ("compile",)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -62,7 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, same for both loops")
     p.add_argument("--mfu-model", help="cuda only: the MFU section's student (default qwen2_5_0_5b)")
     p.add_argument("--mfu-length", type=int, help="cuda only: the MFU section's sequence length (default 512)")
-    p.add_argument("--sections", default=",".join(SECTION_ORDER), help=f"comma list of {', '.join(SECTION_ORDER)}")
+    default = ",".join(n for n in SECTION_ORDER if n not in ON_REQUEST)
+    p.add_argument("--sections", default=default, help=f"comma list of {', '.join(SECTION_ORDER)} (default: {default})")
     p.add_argument("--override", action="append", default=[], dest="extra", help="extra Hydra override (repeatable)")
     args = p.parse_args(argv)
     unknown = set(args.sections.split(",")) - set(SECTION_ORDER)
@@ -134,6 +139,8 @@ def run_section(name: str, settings, args, workdir: Path, results: dict):
         return measure_sweep(settings, workdir / "sweep", repeats, args.threads)
     if name == "peer":
         return measure_peer(settings, workdir / "peer", repeats, args.threads)
+    if name == "compile":
+        return measure_compile(settings, workdir / "compile", repeats, args.threads)
     return measure_mfu(settings, workdir / "mfu", repeats, results.get("limit", {}).get("peak"))
 
 

@@ -5,6 +5,8 @@ training on nothing)."""
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -83,9 +85,39 @@ def check_config(cfg: DictConfig) -> None:
             "or set it to 32-true or bf16-mixed"
         )
     for slot in MODEL_SLOTS:
+        if cfg[slot].get("compile", False):
+            check_compile(cfg, slot)
         micro, batch = cfg[slot].micro_batch_size, cfg[slot].batch_size
         if micro is not None and micro > batch:
             raise ConfigError(
                 f"{slot}.micro_batch_size={micro}: larger than {slot}.batch_size={batch}; "
                 f"fix: set {slot}.micro_batch_size to at most {batch}, or null for no accumulation"
             )
+
+
+# Strategies that wrap or shard the model after it is built, which a compiled backbone would miss.
+SHARDING = ("fsdp", "deepspeed", "modelparallel", "model_parallel")
+
+
+def check_compile(cfg: DictConfig, slot: str) -> None:
+    """`<slot>.compile=true` where it cannot work: under a sharding strategy, or on a CPU without
+    the C++ compiler inductor builds its kernels with."""
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default="auto")
+    name = str(strategy.get("_target_", "") if isinstance(strategy, DictConfig) else strategy).lower()
+    if any(s in name for s in SHARDING):
+        raise ConfigError(
+            f"{slot}.compile=true under the {name.rsplit('.', 1)[-1]} strategy: the strategy wraps the model after "
+            f"it is compiled; fix: set {slot}.compile=false, or train on one device or with DDP"
+        )
+    if cfg.trainer.accelerator == "cpu" and not cpp_compiler():
+        raise ConfigError(
+            f"{slot}.compile=true on a CPU needs a C++ compiler (inductor builds its kernels with one) and none was "
+            f"found (CXX, g++, clang++, c++); fix: install one (apt install g++) or set {slot}.compile=false"
+        )
+
+
+def cpp_compiler() -> str | None:
+    """The compiler inductor would use on a CPU: $CXX, else the first of g++, clang++, c++ on PATH."""
+    if cxx := os.environ.get("CXX"):
+        return shutil.which(cxx)
+    return next((path for name in ("g++", "clang++", "c++") if (path := shutil.which(name))), None)

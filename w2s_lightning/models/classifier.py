@@ -53,6 +53,9 @@ class Encoder(nn.Module):
         # from_pretrained returns a model in eval mode and Lightning keeps submodule modes as
         # found; in eval mode Hugging Face silently skips gradient checkpointing.
         self.backbone.train()
+        if spec.compile:
+            # Traced at the first call, so adapters and checkpointing added below are compiled too.
+            self.backbone.compile()
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
