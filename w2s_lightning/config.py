@@ -64,8 +64,8 @@ class ModelSpec:
     # null: the library's choice (sdpa); eager finetuned MiniLM 1.9x faster on a bf16 CPU (bench/README.md, "Attention")
     attn_implementation: str | None = None
     trust_remote_code: bool = False  # run code from the model repo; off unless a model file turns it on
-    # torch.compile the backbone: faster steps after a compile of about a minute on a CPU, so it pays
-    # off only over long runs (bench/README.md, "torch.compile"); the numbers round differently
+    # torch.compile the backbone, for long runs: on a 2-core CPU compiling cost more than it saved
+    # (bench/README.md, "torch.compile on a CPU"); results round differently, so they are cached apart
     compile: bool = False
     notes: str = ""  # memory and hardware notes for people choosing a model
 
