@@ -48,7 +48,8 @@ def workload(overrides: list[str], workdir: Path, repeats: int, threads: int) ->
     for name in VARIANTS[1:]:
         # Above 1: the compiled run, compilation and all, took longer than the eager one.
         result[name]["time_vs_eager"] = result[name]["process_seconds"]["median"] / eager
-    return {"model": stages[0]["model"], "n_train": stages[0]["n_train"], "overrides": overrides, **result}
+    first = runs["eager"][0]["stage"]
+    return {"model": first["model"], "n_train": first["n_train"], "overrides": overrides, **result}
 
 
 def measure_compile(settings: Settings, workdir: Path, repeats: int, threads: int) -> dict:

@@ -220,8 +220,7 @@ def compile_lines(c: dict) -> list[str]:
     ]
     for label, w in (("probe path", c["probe"]), ("finetuning", c["finetune"])):
         lines.append(f"  {label}: {w['model']} on {w['n_train']}")
-        for name in ("eager", "compiled_cold_cache", "compiled_warm_cache"):
-            row = w[name]
+        for name, row in ((k, v) for k, v in w.items() if isinstance(v, dict)):  # the variants, as run
             timed = [p for p in ("features", "train_steps") if f"{p}_seconds" in row]
             phases = [f"{p} {row[f'{p}_seconds']['median']:.1f}" for p in timed]
             ratio = f", {row['time_vs_eager']:.2f}× eager's time" if "time_vs_eager" in row else ""
