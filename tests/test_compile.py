@@ -28,8 +28,10 @@ def results(cfg) -> dict:
 
 @pytest.fixture
 def eager_backend(monkeypatch):
-    """Module.compile with dynamo's `eager` backend: the graphs are captured, then run as traced."""
+    """Module.compile with dynamo's `eager` backend: the graphs are captured, then run as traced.
+    That backend builds no kernels, so the start-up check finds a compiler whatever the host has."""
     real = torch.nn.Module.compile
+    monkeypatch.setattr(checks, "cpp_compiler", lambda: "/usr/bin/g++")
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: real(self, **{**kw, "backend": "eager"}))
     torch._dynamo.reset()
     counters.clear()
@@ -59,9 +61,11 @@ def test_compile_under_a_sharding_strategy_fails_at_start_up(tmp_path, trainer):
 
 def test_compile_on_a_cpu_without_a_cpp_compiler_fails_at_start_up(tmp_path, monkeypatch):
     cfg = compose_cfg(tmp_path, "weak_model.compile=true")
-    check_config(cfg)  # this machine has one
     monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(checks.shutil, "which", lambda name: None)
+    on_path = {"clang++": "/usr/bin/clang++"}  # a host with clang++ alone passes
+    monkeypatch.setattr(checks.shutil, "which", lambda name: on_path.get(name))
+    check_config(cfg)
+    on_path.clear()
     with pytest.raises(ConfigError, match=r"needs a C\+\+ compiler.*or set weak_model.compile=false"):
         check_config(cfg)
     monkeypatch.setenv("CXX", "/nowhere/g++")
